@@ -1,0 +1,116 @@
+"""The estimator interface every density/score estimator in the package implements.
+
+An :class:`Estimator` holds configuration only. ``Estimator.fit(samples)`` conditions on a sample
+set and returns an :class:`Oracle`: an immutable object answering ``log_density``, ``density``,
+``score`` and ``smoothed`` at any query points. Samplers, integrations and particle solvers are
+written against :class:`Oracle` alone, so KDE and DiScoFormer are interchangeable everywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+
+from ._checks import ArrayLike, Queries, as_queries, check_positive
+
+
+class Oracle(abc.ABC):
+    """A fitted density ``p`` on R^d: log-density and score (gradient of the log-density).
+
+    Queries ``x`` have shape (m, d) or (d,) (one point). Results come back in the caller's kind
+    (numpy in, numpy out; torch in, torch out on the same device) and floating dtype. Subclasses
+    implement :meth:`_log_density_and_score` on validated torch tensors.
+    """
+
+    #: dimension of the fitted samples
+    dim: int
+    #: dtype the oracle computes in (the samples' dtype); queries are promoted to at least this
+    compute_dtype: torch.dtype
+    #: device holding the fitted state
+    device: torch.device
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} is immutable after fit; "
+                                 f"fit the estimator again to change '{name}'")
+        object.__setattr__(self, name, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
+
+    # -- subclass hooks (validated (m, d) tensors on self.device) -------------------------------
+    @abc.abstractmethod
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(m, d) -> ((m,) log-density in nats, (m, d) score or None)."""
+
+    @abc.abstractmethod
+    def _smoothed(self, sigma: float) -> "Oracle":
+        """Oracle for ``p * N(0, sigma^2 I)``."""
+
+    # -- public API ------------------------------------------------------------------------------
+    def _queries(self, x: ArrayLike) -> Queries:
+        return as_queries(x, self.dim, self.compute_dtype, self.device)
+
+    def log_density(self, x: ArrayLike) -> Any:
+        """Log-density (nats) at ``x``: (m, d) -> (m,); a single point (d,) gives a scalar."""
+        q = self._queries(x)
+        with torch.no_grad():
+            value, _ = self._log_density_and_score(q.points, want_score=False)
+        return q.restore(value)
+
+    def density(self, x: ArrayLike) -> Any:
+        """Density at ``x`` (units: 1 / volume of x): (m, d) -> (m,)."""
+        q = self._queries(x)
+        with torch.no_grad():
+            value, _ = self._log_density_and_score(q.points, want_score=False)
+        return q.restore(value.exp())
+
+    def score(self, x: ArrayLike) -> Any:
+        """Score ``grad_x log p(x)`` (1 / units of x): (m, d) -> (m, d); (d,) -> (d,)."""
+        q = self._queries(x)
+        with torch.no_grad():
+            _, value = self._log_density_and_score(q.points, want_score=True)
+        assert value is not None
+        return q.restore(value)
+
+    def log_density_and_score(self, x: ArrayLike) -> tuple[Any, Any]:
+        """Both at once (one pass): ((m,), (m, d))."""
+        q = self._queries(x)
+        with torch.no_grad():
+            log_p, score = self._log_density_and_score(q.points, want_score=True)
+        assert score is not None
+        return q.restore(log_p), q.restore(score)
+
+    def smoothed(self, sigma: float) -> "Oracle":
+        """Oracle for ``p`` convolved with ``N(0, sigma^2 I)`` (``sigma`` in the units of x).
+
+        ``sigma = 0`` returns this oracle. Used for noise-conditional (annealed) sampling.
+        """
+        sigma = check_positive(sigma, "sigma", allow_zero=True)
+        return self if sigma == 0.0 else self._smoothed(sigma)
+
+
+class Estimator(abc.ABC):
+    """Configuration for a density/score estimator; :meth:`fit` returns an :class:`Oracle`."""
+
+    @abc.abstractmethod
+    def fit(self, samples: ArrayLike) -> Oracle:
+        """Condition on ``samples`` (n, d) and return a new immutable oracle."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def as_oracle(source: "Estimator | Oracle", samples: ArrayLike | None = None) -> Oracle:
+    """An oracle from either a fitted oracle or an estimator plus samples."""
+    if isinstance(source, Oracle):
+        return source
+    if isinstance(source, Estimator):
+        if samples is None:
+            raise ValueError("an Estimator needs samples to fit; pass samples= or a fitted Oracle")
+        return source.fit(samples)
+    raise TypeError(f"expected an Estimator or an Oracle, got {type(source).__name__}")

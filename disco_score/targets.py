@@ -1,0 +1,265 @@
+"""Exact reference distributions with closed-form log-density and score.
+
+Every target is batched: parameters carry optional leading batch dimensions ``B`` and the raw
+methods map points (*B, m, d) to log-densities (*B, m) and scores (*B, m, d). An unbatched target
+is also an :class:`~disco_score.base.Oracle`, so samplers can be driven by the exact score.
+
+:func:`random_gmm` draws from the benchmark protocol's random Gaussian-mixture prior
+(``../shared/docs/benchmark-protocol.md``), which is also the training prior.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+
+from ._checks import check_int, check_positive
+from .base import Oracle
+
+
+def _fork_seed(generator: torch.Generator | None) -> int:
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+
+
+class Target(Oracle):
+    """An exact distribution: batched ``log_prob_t``/``score_t``/``sample`` plus the Oracle API."""
+
+    batch_shape: tuple[int, ...]
+
+    @abc.abstractmethod
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(*B, m, d) -> (*B, m) exact log-density (nats)."""
+
+    @abc.abstractmethod
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(*B, m, d) -> (*B, m, d) exact score."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(*B, n, d) i.i.d. draws."""
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.batch_shape:
+            raise ValueError(f"this target is batched (batch shape {self.batch_shape}); use log_prob_t/score_t")
+        y = y.to(self.compute_dtype)
+        return self.log_prob_t(y), (self.score_t(y) if want_score else None)
+
+    def _smoothed(self, sigma: float) -> Oracle:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form Gaussian convolution")
+
+
+class GaussianMixture(Target):
+    """Mixture of full-covariance Gaussians; components with weight 0 are padding.
+
+    Args:
+        weights: (*B, K) non-negative, summing to 1 over K.
+        means: (*B, K, d).
+        covariances: (*B, K, d, d) symmetric positive definite.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> None:
+        if means.ndim < 2 or covariances.shape != means.shape + means.shape[-1:] \
+                or weights.shape != means.shape[:-1]:
+            raise ValueError(f"inconsistent shapes: weights {tuple(weights.shape)}, means "
+                             f"{tuple(means.shape)}, covariances {tuple(covariances.shape)}")
+        dtype = torch.promote_types(means.dtype, torch.float32)
+        self.weights = weights.to(dtype)
+        self.means = means.to(dtype)
+        self.covariances = covariances.to(dtype)
+        self.batch_shape = tuple(means.shape[:-2])
+        self.dim = int(means.shape[-1])
+        self.compute_dtype = dtype
+        self.device = means.device
+        self._chol = torch.linalg.cholesky(self.covariances)
+        self._log_weights = torch.log(self.weights)  # -inf for padding
+        self._log_norm = (torch.log(torch.diagonal(self._chol, dim1=-2, dim2=-1)).sum(-1)
+                          + 0.5 * self.dim * math.log(2 * math.pi))
+        self._freeze()
+
+    def _component_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-component log(w_k N_k(x)) (*B, K, m) and centred points (*B, K, m, d)."""
+        diff = x.unsqueeze(-3) - self.means.unsqueeze(-2)
+        u = torch.linalg.solve_triangular(self._chol, diff.transpose(-1, -2), upper=False)
+        mahal = (u * u).sum(-2)
+        return self._log_weights[..., None] - self._log_norm[..., None] - 0.5 * mahal, diff
+
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        comp, _ = self._component_terms(x.to(self.compute_dtype))
+        return torch.logsumexp(comp, dim=-2)
+
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        comp, diff = self._component_terms(x.to(self.compute_dtype))
+        resp = torch.softmax(comp, dim=-2)  # (*B, K, m)
+        prec_diff = torch.cholesky_solve(diff.transpose(-1, -2), self._chol).transpose(-1, -2)
+        return -(resp.unsqueeze(-1) * prec_diff).sum(-3)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = check_int(n, "n")
+        flat_w = self.weights.reshape(-1, self.weights.shape[-1])
+        comp = torch.multinomial(flat_w, n, replacement=True, generator=generator)
+        comp = comp.reshape(*self.batch_shape, n)
+        eps = torch.randn(*self.batch_shape, n, self.dim, generator=generator, dtype=self.compute_dtype,
+                          device=self.device)
+        idx = comp[..., None].expand(*self.batch_shape, n, self.dim)
+        mu = torch.gather(self.means, -2, idx)
+        chol = torch.gather(self._chol, -3, idx[..., None].expand(*self.batch_shape, n, self.dim, self.dim))
+        return mu + (chol @ eps[..., None]).squeeze(-1)
+
+    def _smoothed(self, sigma: float) -> "GaussianMixture":
+        eye = torch.eye(self.dim, dtype=self.compute_dtype, device=self.device)
+        return GaussianMixture(self.weights, self.means, self.covariances + sigma ** 2 * eye)
+
+
+class ProductLaplace(Target):
+    """Independent Laplace coordinates: ``p(x) = prod_i exp(-|x_i - loc| / scale) / (2 scale)``."""
+
+    def __init__(self, dim: int, loc: float = 0.0, scale: float = 1.0,
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.dim, self.loc, self.scale = check_int(dim, "dim"), float(loc), check_positive(scale, "scale")
+        self.batch_shape, self.compute_dtype, self.device = (), dtype, torch.device("cpu")
+        self._freeze()
+
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        return (-(x - self.loc).abs() / self.scale - math.log(2 * self.scale)).sum(-1)
+
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        return -torch.sign(x - self.loc) / self.scale
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype) - 0.5
+        return self.loc - self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+class ProductStudentT(Target):
+    """Independent Student-t coordinates with ``df`` degrees of freedom (heavy tails for small df)."""
+
+    def __init__(self, dim: int, df: float = 3.0, loc: float = 0.0, scale: float = 1.0,
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.dim, self.df = check_int(dim, "dim"), check_positive(df, "df")
+        self.loc, self.scale = float(loc), check_positive(scale, "scale")
+        self.batch_shape, self.compute_dtype, self.device = (), dtype, torch.device("cpu")
+        nu = self.df
+        self._const = (math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+                       - math.log(self.scale))
+        self._freeze()
+
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        t = (x - self.loc) / self.scale
+        return (self._const - 0.5 * (self.df + 1) * torch.log1p(t * t / self.df)).sum(-1)
+
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        r = x - self.loc
+        return -(self.df + 1) * r / (self.df * self.scale ** 2 + r * r)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = check_int(n, "n")
+        normal = torch.randn(n, self.dim, generator=generator, dtype=self.compute_dtype)
+        # Gamma draws take no generator in torch: fork the global RNG from a seed we draw.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_fork_seed(generator))
+            chi2 = torch.distributions.Chi2(torch.tensor(self.df, dtype=self.compute_dtype)).sample((n, self.dim))
+        return self.loc + self.scale * normal / torch.sqrt(chi2 / self.df)
+
+
+class Funnel(Target):
+    """Neal's funnel: ``x_0 ~ N(0, s^2)``, ``x_i | x_0 ~ N(0, exp(x_0))`` for i >= 1."""
+
+    def __init__(self, dim: int = 2, scale: float = 3.0, dtype: torch.dtype = torch.float64) -> None:
+        self.dim = check_int(dim, "dim", minimum=2)
+        self.scale = check_positive(scale, "scale")
+        self.batch_shape, self.compute_dtype, self.device = (), dtype, torch.device("cpu")
+        self._freeze()
+
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        v, rest = x[..., 0], x[..., 1:]
+        lp0 = -0.5 * (v / self.scale) ** 2 - math.log(self.scale) - 0.5 * math.log(2 * math.pi)
+        k = rest.shape[-1]
+        return lp0 - 0.5 * (rest * rest).sum(-1) * torch.exp(-v) - 0.5 * k * v - 0.5 * k * math.log(2 * math.pi)
+
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        v, rest = x[..., :1], x[..., 1:]
+        k = rest.shape[-1]
+        g0 = -v / self.scale ** 2 + 0.5 * (rest * rest).sum(-1, keepdim=True) * torch.exp(-v) - 0.5 * k
+        return torch.cat([g0, -rest * torch.exp(-v)], dim=-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
+        v = self.scale * eps[:, :1]
+        return torch.cat([v, eps[:, 1:] * torch.exp(0.5 * v)], dim=1)
+
+
+class Banana(Target):
+    """A curved density: ``x_0 ~ N(0, s^2)``, ``x_1 | x_0 ~ N(b (x_0^2 - s^2), 1)``, other
+    coordinates standard normal."""
+
+    def __init__(self, dim: int = 2, curvature: float = 0.5, scale: float = 2.0,
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.dim = check_int(dim, "dim", minimum=2)
+        self.curvature, self.scale = float(curvature), check_positive(scale, "scale")
+        self.batch_shape, self.compute_dtype, self.device = (), dtype, torch.device("cpu")
+        self._freeze()
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., 1] - self.curvature * (x[..., 0] ** 2 - self.scale ** 2)
+
+    def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        r = self._residual(x)
+        return (-0.5 * (x[..., 0] / self.scale) ** 2 - math.log(self.scale) - 0.5 * r * r
+                - 0.5 * (x[..., 2:] ** 2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi))
+
+    def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        r = self._residual(x)
+        g0 = -x[..., 0] / self.scale ** 2 + r * 2 * self.curvature * x[..., 0]
+        return torch.cat([g0[..., None], -r[..., None], -x[..., 2:]], dim=-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
+        x0 = self.scale * eps[:, 0]
+        x1 = eps[:, 1] + self.curvature * (x0 ** 2 - self.scale ** 2)
+        return torch.cat([x0[:, None], x1[:, None], eps[:, 2:]], dim=1)
+
+
+def haar_orthogonal(d: int, batch: tuple[int, ...] = (), generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(*batch, d, d) Haar-random orthogonal matrices (QR of a Gaussian with the sign fix)."""
+    g = torch.randn(*batch, d, d, generator=generator, dtype=dtype)
+    q, r = torch.linalg.qr(g)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+def random_gmm(dim: int, batch: int | None = None, n_components: int | tuple[int, int] = (1, 10),
+               rotate: bool = True, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    """Draw from the protocol's random GMM prior.
+
+    K ~ uniform on ``n_components`` (inclusive range, or fixed), weights ~ Dirichlet(1, ..., 1),
+    means ~ U[-3, 3]^d, diagonal variances ~ U[0.2, 1]^d, then the whole mixture rotated by a
+    Haar-random orthogonal Q (unless ``rotate=False``). With ``batch`` the result has batch shape
+    (batch,), components padded to the largest K with weight 0.
+    """
+    d = check_int(dim, "dim")
+    b = 1 if batch is None else check_int(batch, "batch")
+    lo, hi = (n_components, n_components) if isinstance(n_components, int) else n_components
+    if not 1 <= lo <= hi:
+        raise ValueError(f"n_components must be a positive int or a range (lo, hi) with 1 <= lo <= hi; got {n_components}")
+    ks = torch.randint(lo, hi + 1, (b,), generator=generator)
+    k_max = int(ks.max())
+    expo = -torch.log(torch.rand(b, k_max, generator=generator, dtype=dtype))
+    mask = torch.arange(k_max)[None, :] < ks[:, None]
+    expo = torch.where(mask, expo, torch.zeros_like(expo))
+    weights = expo / expo.sum(1, keepdim=True)
+    means = 6.0 * torch.rand(b, k_max, d, generator=generator, dtype=dtype) - 3.0
+    variances = 0.2 + 0.8 * torch.rand(b, k_max, d, generator=generator, dtype=dtype)
+    covs = torch.diag_embed(variances)
+    if rotate:
+        q = haar_orthogonal(d, (b,), generator, dtype)
+        means = means @ q.transpose(-1, -2)
+        covs = q[:, None] @ covs @ q.transpose(-1, -2)[:, None]
+    # Padding components reuse a valid covariance so the Cholesky factor exists.
+    covs = torch.where(mask[..., None, None], covs, covs[:, :1].expand_as(covs))
+    if batch is None:
+        return GaussianMixture(weights[0], means[0], covs[0])
+    return GaussianMixture(weights, means, covs)
