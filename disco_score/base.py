@@ -114,3 +114,19 @@ def as_oracle(source: "Estimator | Oracle", samples: ArrayLike | None = None) ->
             raise ValueError("an Estimator needs samples to fit; pass samples= or a fitted Oracle")
         return source.fit(samples)
     raise TypeError(f"expected an Estimator or an Oracle, got {type(source).__name__}")
+
+
+def default_estimator() -> Estimator:
+    """The package's default estimator: the pretrained DiScoFormer (used wherever ``estimator=None``)."""
+    try:
+        from .discoformer import DiScoFormer
+    except ImportError:  # the transformer has not landed in this checkout yet
+        from .kde import KDE
+
+        return KDE()
+    return DiScoFormer.pretrained()
+
+
+def resolve_oracle(estimator: "Estimator | Oracle | None", samples: ArrayLike | None = None) -> Oracle:
+    """``as_oracle`` with ``None`` meaning :func:`default_estimator`."""
+    return as_oracle(default_estimator() if estimator is None else estimator, samples)
