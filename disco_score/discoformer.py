@@ -1,0 +1,209 @@
+"""DiScoFormer as an estimator: the pretrained network behind the common Oracle interface.
+
+``DiScoFormer.pretrained()`` loads the weights shipped in ``disco_score/weights`` (safetensors,
+verified against the SHA-256 recorded beside them; no network access). ``fit(samples)`` whitens the
+samples (exact affine equivariance), runs the sample encoder once and returns an immutable
+:class:`DiScoFormerOracle`; queries then cost one cross-attention pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._checks import ArrayLike, as_samples, check_int, check_positive
+from .base import Estimator, Oracle
+from .model import DiScoFormerNet, EncodedSamples, ModelConfig
+from .whitening import Whitening
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_NAME = "discoformer"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, weights_dir: Path,
+                 meta: dict | None = None, name: str = WEIGHTS_NAME) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (config, SHA-256, metadata), atomically."""
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    path = weights_dir / f"{name}.safetensors"
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file({k: v.detach().contiguous().float() for k, v in state.items()}, str(tmp))
+    tmp.chmod(0o644)
+    card = {"model_config": cfg.to_dict(), "sha256": _sha256(tmp), "meta": meta or {}}
+    tmp_json = weights_dir / f"{name}.json.tmp"
+    tmp_json.write_text(json.dumps(card, indent=2, default=str))
+    tmp.replace(path)
+    tmp_json.replace(weights_dir / f"{name}.json")
+    return path
+
+
+def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, verify: bool = True
+                 ) -> tuple[DiScoFormerNet, dict]:
+    """Load a saved network; raises if the file's hash differs from the recorded one."""
+    path, card_path = weights_dir / f"{name}.safetensors", weights_dir / f"{name}.json"
+    if not path.exists() or not card_path.exists():
+        raise FileNotFoundError(f"no DiScoFormer weights at {path} (and {card_path.name})")
+    card = json.loads(card_path.read_text())
+    if verify:
+        digest = _sha256(path)
+        if digest != card["sha256"]:
+            raise RuntimeError(f"checksum mismatch for {path}: file has {digest}, "
+                               f"{card_path.name} records {card['sha256']}; the weights are corrupt or stale")
+    net = DiScoFormerNet(ModelConfig(**card["model_config"]))
+    net.load_state_dict(load_file(str(path)))
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, card
+
+
+class DiScoFormer(Estimator):
+    """The pretrained density-and-score transformer.
+
+    Args:
+        net: a :class:`~disco_score.model.DiScoFormerNet` (default: the packaged weights).
+        key_block: keys per attention block (memory is O(query_block x key_block x heads)).
+        query_block: queries per forward pass.
+
+    Example:
+        >>> import numpy as np
+        >>> from disco_score import DiScoFormer
+        >>> x = np.random.default_rng(0).normal(size=(500, 2))
+        >>> oracle = DiScoFormer.pretrained().fit(x)
+        >>> oracle.score(np.zeros((3, 2))).shape
+        (3, 2)
+    """
+
+    def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024) -> None:
+        self.net = net if net is not None else load_weights()[0]
+        self.key_block = check_int(key_block, "key_block")
+        self.query_block = check_int(query_block, "query_block")
+
+    @classmethod
+    def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
+        """The checkpoint shipped in the package (hash-verified), or one from ``weights_dir``."""
+        net, _ = load_weights(Path(weights_dir) if weights_dir else WEIGHTS_DIR)
+        return cls(net, **kwargs)
+
+    @staticmethod
+    def model_card(weights_dir: str | Path | None = None) -> dict:
+        """The JSON stored beside the weights (config, SHA-256, training metadata)."""
+        return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
+
+    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle":
+        x = as_samples(samples)
+        return DiScoFormerOracle(self, x, self.net)
+
+    def __repr__(self) -> str:
+        return f"DiScoFormer(params={sum(p.numel() for p in self.net.parameters())}, key_block={self.key_block})"
+
+
+class DiScoFormerOracle(Oracle):
+    """A sample set encoded by DiScoFormer. Immutable; ``adapt`` returns a new oracle.
+
+    Attributes:
+        samples: (n, d) the fitted samples (torch, the caller's dtype).
+        whitening: the affine map to standard position.
+    """
+
+    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DiScoFormerNet) -> None:
+        self.estimator = estimator
+        self.samples = samples
+        self.dim = int(samples.shape[1])
+        self.compute_dtype = samples.dtype
+        self.device = samples.device
+        self.whitening = Whitening.from_samples(samples)
+        self._net = net
+        z = self.whitening.forward(samples.to(torch.float64)).to(torch.float32)[None]
+        with torch.no_grad():
+            self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
+        self._freeze()
+
+    def _query(self, y: torch.Tensor, net: DiScoFormerNet | None = None, grad: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened float32 queries (m, d) -> whitened (log-density (m,), score (m, d))."""
+        net = net or self._net
+        outs_l, outs_s = [], []
+        step = self.estimator.query_block
+        with torch.set_grad_enabled(grad):
+            for i0 in range(0, y.shape[0], step):
+                lp, sc = net.query(self._encoded, y[None, i0:i0 + step], key_block=self.estimator.key_block)
+                outs_l.append(lp[0])
+                outs_s.append(sc[0])
+        return torch.cat(outs_l), torch.cat(outs_s)
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self.whitening.forward(y.to(torch.float64)).to(torch.float32)
+        lp, sc = self._query(z)
+        log_p = self.whitening.log_density_out(lp.to(torch.float64))
+        score = self.whitening.score_out(sc.to(torch.float64)) if want_score else None
+        if not bool(torch.isfinite(log_p).all()) or (score is not None and not bool(torch.isfinite(score).all())):
+            raise FloatingPointError("DiScoFormer produced non-finite values; the queries may be far outside "
+                                     "the float32 range of the whitened samples")
+        return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
+
+    def _smoothed(self, sigma: float) -> "DiScoFormerOracle":
+        # p * N(0, sigma^2 I) is estimated from noised copies of the samples (a sample of the
+        # convolved law); replicas keep small sample sets from losing resolution. Seeded: repeatable.
+        n = self.samples.shape[0]
+        replicas = max(1, min(8, 2048 // n))
+        gen = torch.Generator().manual_seed(int(1e6 * sigma) % (2 ** 31))
+        x = self.samples.to(torch.float64).repeat(replicas, 1)
+        noisy = x + sigma * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        return DiScoFormerOracle(self.estimator, noisy.to(self.samples.dtype), self._net)
+
+    def adapt(self, steps: int = 4, lr: float = 1e-3, n_queries: int = 256, seed: int = 0) -> "DiScoFormerOracle":
+        """Test-time adaptation: ``steps`` Adam steps on the label-free consistency loss
+        ``mean_i |S(x_i) - grad_y T(y)|_{y=x_i}|^2`` at the samples, on a copy of the query-side
+        weights (the sample encoding stays fixed, so memory stays linear in n). Returns a new
+        oracle; the shipped weights never change."""
+        steps = check_int(steps, "steps", minimum=0)
+        lr = check_positive(lr, "lr")
+        n_queries = check_int(n_queries, "n_queries")
+        net = copy.deepcopy(self._net)
+        params = [p for name, p in net.named_parameters() if not name.startswith(("embed", "sample_"))]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=lr)
+        z = self.whitening.forward(self.samples.to(torch.float64)).to(torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randperm(z.shape[0], generator=gen)[:n_queries]
+            yq = z[idx].clone().requires_grad_(True)
+            lp, sc = self._query(yq, net, grad=True)
+            (g,) = torch.autograd.grad(lp.sum(), yq, create_graph=True)
+            loss = ((sc - g) ** 2).sum(1).mean() / (sc.detach() ** 2).sum(1).mean().clamp_min(1e-12)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        new = copy.copy(self)
+        object.__setattr__(new, "_net", net)
+        return new
+
+    def __repr__(self) -> str:
+        return f"DiScoFormerOracle(n={self.samples.shape[0]}, d={self.dim})"
+
+
+def default_estimator() -> DiScoFormer:
+    """The pretrained DiScoFormer."""
+    return DiScoFormer.pretrained()
+

@@ -1,0 +1,331 @@
+"""DiScoFormer: the network. One file, plain torch (in the spirit of nanoGPT).
+
+The network works on *whitened* samples ``z`` (n, d) and queries ``y`` (m, d) (the caller whitens;
+see :mod:`disco_score.whitening`) and returns the log-density and the score at the queries.
+
+Design (why it looks like this):
+
+* **Geometric attention.** Every attention logit is built from invariants only:
+  ``-|y_i - z_j|^2 / (2 b_ij^2) - d log b_ij + w_j + q_i.k_j`` with per-head bandwidths
+  ``b_ij = exp(beta_h + a_i + c_j)`` (a global scale from ``n`` and ``d``, times query- and
+  key-dependent factors). With ``q = 0``, ``a = c = 0`` and uniform ``w`` one head *is* a Gaussian
+  KDE, and its log-normaliser is the KDE log-density; the initial network is a multi-bandwidth
+  KDE and training learns corrections on top (strong inductive bias, cheap on a CPU).
+* **Exact symmetries.** Scalar token features see only distances, norms and Gram matrices of
+  vectors; vectors (score, centre shifts) are sums of offsets ``z_j - y_i`` with invariant weights.
+  So the network is exactly O(d)-equivariant, and with whitening exactly affine-equivariant; there
+  are no positional encodings, so it is exactly permutation-invariant. Nothing depends on ``d``
+  except through these invariants and ``d`` itself as a context feature: one checkpoint serves
+  every dimension.
+* **Heads.** The log-density head is a learned mixture over heads of the last layer's
+  (kernel-normalised) log-normalisers plus a correction; the score head is the matching mixture
+  of the heads' kernel scores (the exact gradient of the base when the mixing weights are
+  constant) plus a learned combination of the query's equivariant vector channels.
+* **Linear memory.** Attention runs over key blocks with an online logsumexp (flash-attention
+  style), so memory is O(block), whatever ``n``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Bandwidth log-scales are clamped to this range (whitened units) against overflow of 1/b^2.
+LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 3.0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters (stored beside the weights)."""
+
+    width: int = 64  # scalar channels per token
+    heads: int = 8  # attention heads = kernel bandwidths per layer
+    head_dim: int = 8  # query/key/value channels per head
+    sample_layers: int = 2  # self-attention among the samples
+    query_layers: int = 2  # cross-attention from queries to samples
+    gram_rank: int = 8  # vectors projected to this many before taking Gram invariants
+    min_factor: float = 0.2  # initial head bandwidths: geometric from min to max x Scott's rule
+    max_factor: float = 2.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def context_features(n: int, d: int, device: torch.device | None = None) -> torch.Tensor:
+    """(6,) invariant description of the problem size fed to every layer."""
+    ln, ld = math.log(n), math.log(d)
+    return torch.tensor([ln / 10, ld / 5, 1.0 / d, ln / (d + 4), math.sqrt(d) / 10, (ln / (d + 4)) ** 2],
+                        dtype=torch.float32, device=device)
+
+
+def _signed_log1p(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+@dataclass
+class AttentionOut:
+    """Per query, per head: log-normaliser, value message and equivariant vector messages."""
+
+    lse: torch.Tensor  # (B, m, H) log sum_j exp(logit_ij); a log-density in whitened units
+    message: torch.Tensor  # (B, m, H, e) attention-weighted values
+    shift: torch.Tensor  # (B, m, H, d) sum_j a_ij (z_j - y_i) / b_ij^2: the kernel score
+    spread: torch.Tensor  # (B, m, H) sum_j a_ij |z_j - y_i|^2 / (d b_ij^2)
+    curvature: torch.Tensor | None  # (B, m, H, d) sum_j a_ij (z_j - y_i) ((z_j - y_i).u_i) / b_ij^4
+
+
+def geometric_attention(pos_q: torch.Tensor, pos_k: torch.Tensor, scale_q: torch.Tensor,
+                        scale_k: torch.Tensor, weight_k: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                        v: torch.Tensor, u: torch.Tensor | None = None, exclude_self: bool = False,
+                        key_block: int = 4096) -> AttentionOut:
+    """Attention of queries to keys with Gaussian-kernel logits, in key blocks (online logsumexp).
+
+    Shapes: pos_q (B, m, d), pos_k (B, n, d), scale_q (B, m, H) and scale_k (B, n, H) log-bandwidth
+    parts, weight_k (B, n, H) log-weights, q (B, m, H, e), k and v (B, n, H, e), u (B, m, H, d).
+    ``exclude_self`` masks j == i (queries are the keys: leave-one-out).
+
+    The Gaussian logit ``-|y - z|^2 / (2 b_i^2 b_j^2)`` expands into an inner product of augmented
+    query and key features, so each block is one batched matmul (the paper's |x|^2-token trick).
+    """
+    B, m, d = pos_q.shape
+    n = pos_k.shape[1]
+    H, e = q.shape[2], q.shape[3]
+    alpha = torch.exp(-2 * scale_q).permute(0, 2, 1)[..., None]  # (B, H, m, 1): 1 / b_i^2
+    gamma = torch.exp(-2 * scale_k).permute(0, 2, 1)[..., None]  # (B, H, n, 1): 1 / b_j^2
+    yq = pos_q[:, None]  # (B, 1, m, d)
+    zk = pos_k[:, None]
+    y_sq = (pos_q * pos_q).sum(-1)[:, None, :, None]
+    z_sq = (pos_k * pos_k).sum(-1)[:, None, :, None]
+    ones_q = torch.ones_like(alpha)
+    feat_q = torch.cat([alpha * y_sq, alpha, alpha * yq, q.permute(0, 2, 1, 3) / math.sqrt(e), ones_q], -1)
+    bias_k = (weight_k - d * scale_k).permute(0, 2, 1)[..., None]
+    feat_k = torch.cat([-0.5 * gamma, -0.5 * gamma * z_sq, gamma * zk, k.permute(0, 2, 1, 3), bias_k], -1)
+    parts = [v.permute(0, 2, 1, 3), gamma * zk.expand(B, H, n, d), gamma, gamma * z_sq]
+    if u is not None:  # second moments only where the curvature term is used
+        parts += [gamma ** 2 * zk.expand(B, H, n, d), gamma ** 2]
+    values = torch.cat(parts, -1)
+    uh = u.permute(0, 2, 1, 3) if u is not None else None  # (B, H, m, d)
+    run_max = pos_q.new_full((B, H, m), -math.inf)
+    acc = pos_q.new_zeros(B, H, m, values.shape[-1] + 1)
+    acc_uz = pos_q.new_zeros(B, H, m, d + 1) if uh is not None else None
+    for j0 in range(0, n, key_block):
+        j1 = min(n, j0 + key_block)
+        logits = feat_q @ feat_k[:, :, j0:j1].transpose(-1, -2)  # (B, H, m, nb)
+        if exclude_self:
+            eye = torch.arange(m, device=pos_q.device)[:, None] == torch.arange(j0, j1, device=pos_q.device)[None, :]
+            logits = logits.masked_fill(eye, -math.inf)
+        new_max = torch.maximum(run_max, logits.amax(-1))
+        safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        rescale = torch.exp(run_max - safe)[..., None]
+        p = torch.exp(logits - safe[..., None])
+        blk = torch.cat([p @ values[:, :, j0:j1], p.sum(-1, keepdim=True)], -1)
+        acc = acc * rescale + blk
+        if uh is not None and acc_uz is not None:
+            # (z_j . u_i) weighted by a / b_j^4, for the curvature term
+            pu = p * (uh @ zk[:, :, j0:j1].transpose(-1, -2)) * gamma[:, :, j0:j1, 0][:, :, None, :] ** 2
+            acc_uz = acc_uz * rescale + torch.cat([pu @ pos_k[:, None, j0:j1], pu.sum(-1, keepdim=True)], -1)
+        run_max = new_max
+    norm = acc[..., -1:].clamp_min(1e-30)
+    mean = acc[..., :-1] / norm
+    # the query's kernel normaliser -d log b_i is constant over keys, so it is added here
+    lse = (run_max + torch.log(norm[..., 0])).permute(0, 2, 1) - d * scale_q
+    msg = mean[..., :e]
+    gz = mean[..., e:e + d]
+    g1 = mean[..., e + d:e + d + 1]
+    gz2 = mean[..., e + d + 1:e + d + 2]
+    shift = alpha * (gz - g1 * yq)  # sum_j a (z_j - y) / b^2
+    spread = alpha[..., 0] * (gz2[..., 0] - 2 * (gz * yq).sum(-1) + y_sq[..., 0] * g1[..., 0]).clamp_min(0) / d
+    curvature = None
+    if uh is not None and acc_uz is not None:
+        uz = acc_uz / norm
+        g2z, g2 = mean[..., e + d + 2:e + 2 * d + 2], mean[..., e + 2 * d + 2:e + 2 * d + 3]
+        y_u = (yq * uh).sum(-1, keepdim=True)
+        curvature = (alpha ** 2 * (uz[..., :d] - y_u * g2z - yq * uz[..., d:] + yq * y_u * g2)).permute(0, 2, 1, 3)
+    return AttentionOut(lse, msg.permute(0, 2, 1, 3), shift.permute(0, 2, 1, 3), spread.permute(0, 2, 1),
+                        curvature)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim_in, hidden), nn.Linear(hidden, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _zero(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class GeoBlock(nn.Module):
+    """One pre-norm geometric attention block: tokens at ``pos_q`` attend to keys at ``pos_k``."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int, vector_in: int, with_curvature: bool) -> None:
+        super().__init__()
+        C, H, e = cfg.width, cfg.heads, cfg.head_dim
+        self.cfg = cfg
+        self.norm_q, self.norm_k = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.to_q = _zero(nn.Linear(C, H * e))  # zero: starts as a pure kernel
+        self.to_k, self.to_v = nn.Linear(C, H * e), nn.Linear(C, H * e)
+        self.scale_q = _zero(nn.Linear(C, H))
+        self.scale_k = _zero(nn.Linear(C, H))
+        self.weight_k = _zero(nn.Linear(C, H))
+        # Per-head bandwidth: Scott's rule in whitened units times a learned factor (from n, d).
+        factors = torch.linspace(math.log(cfg.min_factor), math.log(cfg.max_factor), H)
+        self.log_factor = nn.Parameter(factors)
+        self.ctx_scale = _zero(nn.Linear(n_ctx, H))
+        self.with_curvature = with_curvature and vector_in > 0
+        if self.with_curvature:
+            self.to_u = nn.Linear(vector_in, H, bias=False)
+            nn.init.normal_(self.to_u.weight, std=0.3 / math.sqrt(vector_in))
+        n_vec = vector_in + H * (2 if self.with_curvature else 1)
+        self.vector_out = n_vec
+        r = cfg.gram_rank
+        self.gram_proj = nn.Linear(n_vec, r, bias=False)
+        self.out = nn.Linear(H * e, C)
+        self.mlp = MLP(C + 2 * H + r * r, C, 2 * C)
+        self.mlp_norm = nn.LayerNorm(C + 2 * H + r * r)
+
+    def base_log_scale(self, ctx: torch.Tensor, n: int, d: int) -> torch.Tensor:
+        """(H,) log bandwidth per head: -log(n)/(d+4) (Scott) + learned factor."""
+        return -math.log(n) / (d + 4) + self.log_factor + self.ctx_scale(ctx)
+
+    def forward(self, feat_q: torch.Tensor, pos_q: torch.Tensor, vec_q: torch.Tensor | None,
+                feat_k: torch.Tensor, pos_k: torch.Tensor, log_weight_k: torch.Tensor | None,
+                ctx: torch.Tensor, n_keys: int, exclude_self: bool, key_block: int
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionOut]:
+        """Returns updated query features (B, m, C), the vector bank (B, m, d, V) and the attention."""
+        B, m, d = pos_q.shape
+        H, e = self.cfg.heads, self.cfg.head_dim
+        hq, hk = self.norm_q(feat_q), self.norm_k(feat_k)
+        beta = self.base_log_scale(ctx, n_keys, d)
+        scale_q = beta + 2 * torch.tanh(0.5 * self.scale_q(hq))
+        scale_k = 2 * torch.tanh(0.5 * self.scale_k(hk))
+        w = self.weight_k(hk)
+        if log_weight_k is not None:
+            w = w + log_weight_k[..., None]
+        w = w - torch.logsumexp(w, dim=1, keepdim=True) if not exclude_self else \
+            w - torch.logsumexp(w, dim=1, keepdim=True) + math.log(n_keys / max(n_keys - 1, 1))
+        u = None
+        if self.with_curvature and vec_q is not None:
+            u = self.to_u(vec_q).permute(0, 1, 3, 2)  # (B, m, H, d)
+        att = geometric_attention(pos_q, pos_k, scale_q, scale_k, w,
+                                  self.to_q(hq).view(B, m, H, e), self.to_k(hk).view(B, -1, H, e),
+                                  self.to_v(hk).view(B, -1, H, e), u, exclude_self, key_block)
+        # Kernel normalisation: the Gaussian's (2 pi)^(-d/2); -d log b is inside the logits.
+        att.lse = att.lse - 0.5 * d * math.log(2 * math.pi)
+        feat_q = feat_q + self.out(att.message.reshape(B, m, H * e))
+        new_vecs = [att.shift * torch.exp(2 * beta)[:, None]]  # mean offsets in length units
+        if att.curvature is not None:
+            new_vecs.append(att.curvature * torch.exp(4 * beta)[:, None])
+        bank = torch.cat(new_vecs, dim=2).transpose(2, 3)  # (B, m, d, k)
+        vec_q = bank if vec_q is None else torch.cat([vec_q, bank], dim=3)
+        proj = self.gram_proj(vec_q)  # (B, m, d, r)
+        gram = torch.einsum("bmdr,bmds->bmrs", proj, proj).flatten(2)
+        # log-normaliser centred on a standard normal's typical value, O(1) for every d
+        lse_feat = (att.lse + 0.5 * d * (1 + math.log(2 * math.pi))) / math.sqrt(d)
+        inv = torch.cat([lse_feat, torch.log(att.spread.clamp_min(1e-12)), _signed_log1p(gram)], dim=-1)
+        feat_q = feat_q + self.mlp(self.mlp_norm(torch.cat([feat_q, inv], dim=-1)))
+        return feat_q, vec_q, att
+
+
+@dataclass
+class EncodedSamples:
+    """The sample set after the encoder: what the query layers attend to (cache it per fit)."""
+
+    pos: torch.Tensor  # (B, n, d) whitened, learned-shifted centres
+    feat: torch.Tensor  # (B, n, C)
+    ctx: torch.Tensor  # (n_ctx,)
+    n: int
+
+
+class DiScoFormerNet(nn.Module):
+    """Samples (B, n, d) and queries (B, m, d), whitened -> log-density (B, m), score (B, m, d)."""
+
+    n_ctx = 6
+
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        C, H = cfg.width, cfg.heads
+        self.embed = MLP(2 + self.n_ctx, C, C)
+        self.sample_blocks = nn.ModuleList(
+            GeoBlock(cfg, self.n_ctx, vector_in=0, with_curvature=False)
+            for i in range(cfg.sample_layers))
+        # Learned centre shifts (a generalised score-debiasing step), zero at initialisation.
+        self.sample_shift = nn.ModuleList(_zero(nn.Linear(C, H)) for _ in range(cfg.sample_layers))
+        vector_in = 0
+        blocks = []
+        for i in range(cfg.query_layers):
+            blocks.append(GeoBlock(cfg, self.n_ctx, vector_in, with_curvature=i > 0))
+            vector_in = blocks[-1].vector_out
+        self.query_blocks = nn.ModuleList(blocks)
+        self.mix = _zero(nn.Linear(C, H))
+        self.log_density_correction = _zero(nn.Linear(C, 1))
+        self.score_correction = _zero(nn.Linear(C, vector_in))
+        self.final_norm = nn.LayerNorm(C)
+
+    def _embed(self, pos: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        d = pos.shape[-1]
+        sq = (pos * pos).sum(-1, keepdim=True) / d
+        feats = torch.cat([sq, torch.log(sq + 1e-6), ctx.expand(*pos.shape[:-1], -1)], dim=-1)
+        return self.embed(feats)
+
+    def encode(self, samples: torch.Tensor, key_block: int = 4096, query_block: int = 4096) -> EncodedSamples:
+        """Run the sample encoder (self-attention, leave-one-out) on whitened samples (B, n, d)."""
+        B, n, d = samples.shape
+        ctx = context_features(n, d, samples.device)
+        pos, feat = samples, self._embed(samples, ctx)
+        for block, shift in zip(self.sample_blocks, self.sample_shift):
+            new_feat, new_shift = [], []
+            for i0 in range(0, n, query_block):  # query blocks bound memory at large n
+                sl = slice(i0, min(n, i0 + query_block))
+                f, vec, att = self._self_attend(block, feat, pos, sl, ctx, n, key_block)
+                gate = 0.5 * torch.tanh(shift(f))  # (B, nb, H)
+                new_shift.append((vec[..., : self.cfg.heads] * gate[:, :, None, :]).sum(-1))
+                new_feat.append(f)
+            feat = torch.cat(new_feat, 1)
+            pos = pos + torch.cat(new_shift, 1)
+        return EncodedSamples(pos, feat, ctx, n)
+
+    @staticmethod
+    def _self_attend(block: GeoBlock, feat: torch.Tensor, pos: torch.Tensor, sl: slice,
+                     ctx: torch.Tensor, n: int, key_block: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, AttentionOut]:
+        if sl.start == 0 and sl.stop == n:
+            return block(feat, pos, None, feat, pos, None, ctx, n, True, key_block)
+        # Leave-one-out across blocks: mask by global index through a shifted self-exclusion.
+        B = feat.shape[0]
+        idx = torch.arange(n, device=pos.device)
+        order = torch.cat([idx[sl], idx[: sl.start], idx[sl.stop:]])  # queries first, then the rest
+        return block(feat[:, sl], pos[:, sl], None, feat[:, order], pos[:, order], None, ctx, n, True,
+                     key_block)
+
+    def query(self, enc: EncodedSamples, queries: torch.Tensor, key_block: int = 4096
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened queries (B, m, d) -> (log-density (B, m), score (B, m, d)), whitened units."""
+        feat = self._embed(queries, enc.ctx)
+        vec = None
+        att = None
+        for block in self.query_blocks:
+            feat, vec, att = block(feat, queries, vec, enc.feat, enc.pos, None, enc.ctx, enc.n, False,
+                                   key_block)
+        assert att is not None and vec is not None
+        h = self.final_norm(feat)
+        log_mix = torch.log_softmax(self.mix(h), dim=-1)  # (B, m, H)
+        joint = log_mix + att.lse
+        d = queries.shape[-1]
+        log_density = torch.logsumexp(joint, -1) + math.sqrt(d) * self.log_density_correction(h)[..., 0]
+        resp = torch.softmax(joint, dim=-1)
+        score = (resp[..., None] * att.shift).sum(2)
+        score = score + (vec * self.score_correction(h)[:, :, None, :]).sum(-1)
+        return log_density, score
+
+    def forward(self, samples: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query(self.encode(samples), queries)

@@ -1,0 +1,242 @@
+"""DiScoFormer: network symmetries, heads, packaged weights, adaptation, training loop."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disco_score import DiScoFormer
+from disco_score.discoformer import WEIGHTS_DIR, load_weights
+from disco_score.model import DiScoFormerNet, ModelConfig
+from disco_score.targets import random_gmm
+from disco_score.train import TrainConfig, train
+
+TINY = {"width": 16, "heads": 2, "head_dim": 4, "sample_layers": 1, "query_layers": 2, "gram_rank": 2}
+
+
+@pytest.fixture(scope="module")
+def model() -> DiScoFormer:
+    return DiScoFormer.pretrained()
+
+
+@pytest.fixture(scope="module")
+def mixture_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    target = random_gmm(3, generator=gen)
+    return target.sample(300, gen), target.sample(50, gen)
+
+
+def _orth(d: int, seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def test_shapes_dtypes_and_kinds(model: DiScoFormer, mixture_data) -> None:
+    x, y = mixture_data
+    oracle = model.fit(x)
+    lp, sc = oracle.log_density_and_score(y)
+    assert isinstance(lp, torch.Tensor) and lp.shape == (50,) and lp.dtype == torch.float64
+    assert sc.shape == (50, 3) and sc.dtype == torch.float64
+    lp32 = oracle.log_density(y.float().numpy())
+    assert isinstance(lp32, np.ndarray) and lp32.dtype == np.float32 and lp32.shape == (50,)
+    assert np.ndim(oracle.log_density(y[0].numpy())) == 0
+    assert oracle.score(y[0]).shape == (3,)
+    np.testing.assert_allclose(oracle.density(y.numpy()), np.exp(lp.numpy()), rtol=1e-6)
+
+
+def test_permutation_invariance_exact(model: DiScoFormer, mixture_data) -> None:
+    x, y = mixture_data
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    a, b = model.fit(x), model.fit(x[perm])
+    torch.testing.assert_close(a.log_density(y), b.log_density(y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.score(y), b.score(y), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["translation", "scaling", "rotation", "affine"])
+def test_affine_equivariance(model: DiScoFormer, mixture_data, kind: str) -> None:
+    x, y = mixture_data
+    d = x.shape[1]
+    if kind == "translation":
+        a, shift = torch.eye(d, dtype=torch.float64), torch.tensor([5.0, -3.0, 100.0], dtype=torch.float64)
+    elif kind == "scaling":
+        a, shift = 1e3 * torch.eye(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    elif kind == "rotation":
+        a, shift = _orth(d, 1), torch.zeros(d, dtype=torch.float64)
+    else:
+        a = _orth(d, 2) @ torch.diag(torch.tensor([0.01, 2.0, 50.0], dtype=torch.float64)) @ _orth(d, 3)
+        shift = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    base = model.fit(x)
+    moved = model.fit(x @ a + shift)
+    lp0, s0 = base.log_density_and_score(y)
+    lp1, s1 = moved.log_density_and_score(y @ a + shift)
+    log_det = torch.linalg.slogdet(a)[1]
+    # T(XA + b) = T(X) - log|det A|;  S(XA + b) = S(X) A^{-T}
+    torch.testing.assert_close(lp1, lp0 - log_det, rtol=0, atol=2e-4 * (1 + lp0.abs().max()))
+    expected = s0 @ torch.linalg.inv(a).T
+    rel = (s1 - expected).norm() / expected.norm()
+    assert rel < 1e-3, f"{kind}: relative score error {rel:.2e}"
+
+
+def test_rotation_equivariance_high_dim(model: DiScoFormer) -> None:
+    gen = torch.Generator().manual_seed(4)
+    target = random_gmm(20, n_components=2, generator=gen)
+    x, y = target.sample(200, gen), target.sample(20, gen)
+    q = _orth(20, 5)
+    s0 = model.fit(x).score(y)
+    s1 = model.fit(x @ q).score(y @ q)
+    assert (s1 - s0 @ q).norm() / s0.norm() < 1e-3
+
+
+def test_score_head_matches_autograd_of_log_density_head(model: DiScoFormer, mixture_data) -> None:
+    x, y = mixture_data
+    oracle = model.fit(x)
+    z = oracle.whitening.forward(y).float().requires_grad_(True)
+    lp, sc = oracle._query(z, grad=True)
+    (g,) = torch.autograd.grad(lp.sum(), z)
+    rel = float((sc - g).norm() / g.norm())
+    assert rel < 0.25, f"score head differs from grad of log-density head by {rel:.3f} (relative)"
+
+
+def test_score_is_accurate_on_a_mixture(model: DiScoFormer) -> None:
+    # Far better than a zero predictor and than chance: a wrong sign/scale/transform fails this.
+    gen = torch.Generator().manual_seed(6)
+    target = random_gmm(2, generator=gen)
+    x, y = target.sample(1024, gen), target.sample(256, gen)
+    s_hat = model.fit(x).score(y)
+    s = target.score_t(y)
+    assert float(((s_hat - s) ** 2).sum() / (s ** 2).sum()) < 0.3
+
+
+def test_density_normalised_in_1d_and_2d(model: DiScoFormer) -> None:
+    gen = torch.Generator().manual_seed(7)
+    for d in (1, 2):
+        target = random_gmm(d, generator=gen)
+        x = target.sample(512, gen)
+        oracle = model.fit(x)
+        lo, hi = x.min(0).values - 4, x.max(0).values + 4
+        k = 4000 if d == 1 else 200
+        axes = [torch.linspace(float(lo[i]), float(hi[i]), k, dtype=torch.float64) for i in range(d)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+        cell = math.prod(float(a[1] - a[0]) for a in axes)
+        mass = float(oracle.density(grid).sum()) * cell
+        assert abs(mass - 1) < 0.05, f"d={d}: integral {mass:.3f}"
+
+
+def test_packaged_weights_hash_verified(tmp_path: Path) -> None:
+    card = DiScoFormer.model_card()
+    assert len(card["sha256"]) == 64
+    for name in ("discoformer.safetensors", "discoformer.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    load_weights(tmp_path)  # a faithful copy loads
+    data = bytearray((tmp_path / "discoformer.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "discoformer.safetensors").write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="checksum mismatch"):
+        load_weights(tmp_path)
+
+
+def test_adapt_returns_new_oracle_and_leaves_weights(model: DiScoFormer, mixture_data) -> None:
+    x, y = mixture_data
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    oracle = model.fit(x)
+    s0 = oracle.score(y)
+    adapted = oracle.adapt(steps=2, lr=1e-2)
+    assert adapted is not oracle
+    assert not torch.equal(adapted.score(y), s0)
+    torch.testing.assert_close(oracle.score(y), s0, rtol=0, atol=0)
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="steps"):
+        oracle.adapt(steps=-1)
+    with pytest.raises(ValueError, match="lr"):
+        oracle.adapt(lr=0.0)
+
+
+def test_bad_input(model: DiScoFormer) -> None:
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.fit(np.where(np.arange(300).reshape(100, 3) == 5, np.nan, x))
+    with pytest.raises(ValueError, match="rank-deficient"):
+        model.fit(np.outer(np.arange(100.0), [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="at least 2"):
+        model.fit(x[:1])
+    oracle = model.fit(x)
+    with pytest.raises(ValueError, match="dimension 2"):
+        oracle.score(np.zeros((4, 2)))
+    with pytest.raises(TypeError, match="float16"):
+        oracle.score(np.zeros((4, 3), dtype=np.float16))
+    with pytest.raises(AttributeError, match="immutable"):
+        oracle.samples = None  # type: ignore[misc]
+
+
+def test_large_n_runs_in_blocks() -> None:
+    # Key/query blocks smaller than n: identical to one block (the online logsumexp is exact).
+    torch.manual_seed(0)
+    net = DiScoFormerNet(ModelConfig(**TINY))
+    x = torch.randn(1, 300, 2)
+    y = torch.randn(1, 40, 2)
+    lp1, s1 = net.query(net.encode(x), y)
+    lp2, s2 = net.query(net.encode(x, key_block=64, query_block=50), y, key_block=64)
+    torch.testing.assert_close(lp1, lp2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_cfg(out_dir: Path, steps: int) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "out_dir": str(out_dir), "steps": steps, "dims": [2, 3], "dim_weights": [1, 1], "n_min": 32,
+        "n_max": 64, "pairs_per_step": 4096 * 4, "max_batch": 4, "n_queries": 16, "eval_every": 1000,
+        "ckpt_every": 1, "warmup": 2, "lr": 3e-3, "model": TINY})
+
+
+def test_tiny_training_lowers_loss_and_resumes_exactly(tmp_path: Path) -> None:
+    from disco_score.train import draw_problem, losses, make_batch
+
+    cfg = _tiny_cfg(tmp_path / "a", 16)
+    train(cfg, resume=False, progress=False)
+    # Loss on fixed batches: trained weights beat the initial ones.
+    state = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    torch.manual_seed(cfg.seed)
+    init = DiScoFormerNet(cfg.model)
+    trained = DiScoFormerNet(cfg.model)
+    trained.load_state_dict(state["model"])
+    cfg_eval = _tiny_cfg(tmp_path / "unused", 1)
+    tot0 = tot1 = 0.0
+    for step in range(1000, 1006):
+        d, n, b, gen = draw_problem(cfg_eval, step, 0)
+        batch = make_batch(d, n, b, 64, gen)
+        tot0 += float(losses(init, batch, cfg_eval)["rel_score"])
+        tot1 += float(losses(trained, batch, cfg_eval)["rel_score"])
+    assert tot1 < tot0, (tot0, tot1)
+    # Resume: 8 steps, stop, resume to 16 == 16 straight steps, bit for bit.
+    cfg_b = _tiny_cfg(tmp_path / "b", 16)
+    train(cfg_b, resume=False, progress=False, until=8)
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 8
+    train(cfg_b, resume=True, progress=False)
+    resumed = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    for k, v in state["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert not list((tmp_path / "b").glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    cfg = _tiny_cfg(tmp_path / "ddp", 3)
+    cfg_path = tmp_path / "cfg.json"
+    raw = json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__))
+    cfg_path.write_text(json.dumps(raw))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "disco_score.train", "--config", str(cfg_path), "--quiet", "--no-resume"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=False)
+    assert state["step"] == 3
