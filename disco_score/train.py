@@ -60,6 +60,7 @@ class TrainConfig:
     ckpt_every: int = 100
     seed: int = 0
     threads: int = 0  # 0: torch default
+    init_from: str = ""  # start from this checkpoint's weights (fine-tuning); ignored when resuming
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @staticmethod
@@ -208,6 +209,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, math.inf
     history: list[dict] = []
+    if cfg.init_from and not (resume and ckpt_path.exists()):
+        net.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+        if rank == 0:
+            logger.info("initialised from %s", cfg.init_from)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
