@@ -50,6 +50,9 @@ class ModelConfig:
     gram_rank: int = 8  # vectors projected to this many before taking Gram invariants
     min_factor: float = 0.2  # initial head bandwidths: geometric from min to max x Scott's rule
     max_factor: float = 2.0
+    local_heads: int = 0  # local-Gaussian heads (kernel-weighted mean and covariance per query)
+    local_min_factor: float = 0.7
+    local_max_factor: float = 4.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,6 +238,83 @@ class GeoBlock(nn.Module):
         return feat_q, vec_q, att
 
 
+class LocalGaussianHead(nn.Module):
+    """Kernel-weighted local Gaussian fits: per query, the kernel-weighted mean ``mu`` and
+    covariance ``C`` of the samples give
+
+        score      s(y) = C^{-1} (mu - y)
+        log f(y) = lse(y) - s^T C s / 2 - log det C / 2 + d log b
+
+    where ``lse`` is the kernel-normalised log-normaliser at bandwidth ``b``. Both are exact for a
+    Gaussian density at any bandwidth (the kernel multiplies a Gaussian into a Gaussian), so in
+    high dimension, where KDE fails, these heads recover each mixture component's full covariance
+    from its samples. ``C`` is shrunk toward ``b^2 I``, where the formulas reduce to KDE's.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int) -> None:
+        super().__init__()
+        G, C = cfg.local_heads, cfg.width
+        factors = torch.linspace(math.log(cfg.local_min_factor), math.log(cfg.local_max_factor), G)
+        self.log_factor = nn.Parameter(factors)
+        self.ctx_scale = _zero(nn.Linear(n_ctx, G))
+        self.scale_q = _zero(nn.Linear(C, G))
+        self.weight_k = _zero(nn.Linear(C, G))
+        self.shrink = _zero(nn.Linear(C, G))
+        self.norm_k = nn.LayerNorm(C)
+
+    def forward(self, h_q: torch.Tensor, queries: torch.Tensor, enc: EncodedSamples, key_block: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, m, C) features, (B, m, d) queries -> log f (B, m, G), score (B, m, G, d)."""
+        B, m, d = queries.shape
+        z = enc.raw
+        log_b = (-math.log(enc.n) / (d + 4) + self.log_factor + self.ctx_scale(enc.ctx)
+                 + 2 * torch.tanh(0.5 * self.scale_q(h_q))).clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+        alpha = torch.exp(-2 * log_b).permute(0, 2, 1)[..., None]  # (B, G, m, 1)
+        w = self.weight_k(self.norm_k(enc.feat))
+        w = (w - torch.logsumexp(w, dim=1, keepdim=True)).permute(0, 2, 1)  # (B, G, n)
+        y = queries[:, None]
+        y_sq = (queries * queries).sum(-1)[:, None, :, None]
+        G = alpha.shape[1]
+        run_max = queries.new_full((B, G, m), -math.inf)
+        acc0 = queries.new_zeros(B, G, m)
+        acc_sq = queries.new_zeros(B, G, m)
+        acc1 = queries.new_zeros(B, G, m, d)
+        acc2 = queries.new_zeros(B, G, m, d, d)
+        n = z.shape[1]
+        for j0 in range(0, n, key_block):
+            zb = z[:, None, j0:j0 + key_block]  # (B, 1, nb, d)
+            z_sq = (zb * zb).sum(-1)[:, :, None, :]
+            dist = (y_sq + z_sq - 2 * y @ zb.transpose(-1, -2)).clamp_min(0)
+            logits = -0.5 * alpha * dist + w[:, :, None, j0:j0 + key_block]
+            new_max = torch.maximum(run_max, logits.amax(-1))
+            rescale = torch.exp(run_max - new_max)
+            p = torch.exp(logits - new_max[..., None])  # (B, G, m, nb)
+            acc0 = acc0 * rescale + p.sum(-1)
+            acc_sq = acc_sq * rescale ** 2 + (p * p).sum(-1)
+            acc1 = acc1 * rescale[..., None] + p @ zb
+            pz = p[..., None] * zb[:, :, None]  # (B, G, m, nb, d)
+            acc2 = acc2 * rescale[..., None, None] + pz.transpose(-1, -2) @ zb[:, :, None]
+            run_max = new_max
+        mean = acc1 / acc0[..., None]
+        cov = acc2 / acc0[..., None, None] - mean[..., :, None] * mean[..., None, :]
+        # Shrink toward the kernel's own covariance b^2 I (where the local fit reduces to KDE),
+        # more so when few samples carry the weight: rho = d / (d + n_eff) at initialisation.
+        n_eff = acc0 ** 2 / acc_sq.clamp_min(1e-30)
+        rho = torch.sigmoid(self.shrink(h_q).permute(0, 2, 1) + math.log(d) - torch.log(n_eff))[..., None, None]
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        b2 = torch.exp(2 * log_b).permute(0, 2, 1)[..., None, None]
+        cov = (1 - rho) * cov + rho * b2 * eye + 1e-6 * eye
+        chol, _ = torch.linalg.cholesky_ex(cov)
+        offset = (mean - y)[..., None]  # (B, G, m, d, 1)
+        score = torch.cholesky_solve(offset, chol)[..., 0]
+        quad = (score * (mean - y)).sum(-1)  # s^T C s = (mu - y)^T C^{-1} (mu - y)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        lb = log_b.permute(0, 2, 1)
+        lse = run_max + torch.log(acc0) - d * lb - 0.5 * d * math.log(2 * math.pi)
+        log_f = lse - 0.5 * quad - 0.5 * log_det + d * lb
+        return log_f.permute(0, 2, 1), score.permute(0, 2, 1, 3)
+
+
 @dataclass
 class EncodedSamples:
     """The sample set after the encoder: what the query layers attend to (cache it per fit)."""
@@ -243,6 +323,7 @@ class EncodedSamples:
     feat: torch.Tensor  # (B, n, C)
     ctx: torch.Tensor  # (n_ctx,)
     n: int
+    raw: torch.Tensor  # (B, n, d) the whitened samples themselves
 
 
 class DiScoFormerNet(nn.Module):
@@ -270,6 +351,10 @@ class DiScoFormerNet(nn.Module):
         self.log_density_correction = _zero(nn.Linear(C, 1))
         self.score_correction = _zero(nn.Linear(C, vector_in))
         self.final_norm = nn.LayerNorm(C)
+        if cfg.local_heads:
+            self.local = LocalGaussianHead(cfg, self.n_ctx)
+            self.mix_local = _zero(nn.Linear(C, cfg.local_heads))
+            nn.init.constant_(self.mix_local.bias, -4.0)  # enters gently when fine-tuning a KDE-only net
 
     def _embed(self, pos: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         d = pos.shape[-1]
@@ -292,7 +377,7 @@ class DiScoFormerNet(nn.Module):
                 new_feat.append(f)
             feat = torch.cat(new_feat, 1)
             pos = pos + torch.cat(new_shift, 1)
-        return EncodedSamples(pos, feat, ctx, n)
+        return EncodedSamples(pos, feat, ctx, n, samples)
 
     @staticmethod
     def _self_attend(block: GeoBlock, feat: torch.Tensor, pos: torch.Tensor, sl: slice,
@@ -318,12 +403,18 @@ class DiScoFormerNet(nn.Module):
                                    key_block)
         assert att is not None and vec is not None
         h = self.final_norm(feat)
-        log_mix = torch.log_softmax(self.mix(h), dim=-1)  # (B, m, H)
-        joint = log_mix + att.lse
+        # Mixture over components: the heads' kernel estimates (and local-Gaussian fits).
+        mix_logits, comp_log_f, comp_score = self.mix(h), att.lse, att.shift
+        if self.cfg.local_heads:
+            local_log_f, local_score = self.local(h, queries, enc, key_block)
+            mix_logits = torch.cat([mix_logits, self.mix_local(h)], -1)
+            comp_log_f = torch.cat([comp_log_f, local_log_f], -1)
+            comp_score = torch.cat([comp_score, local_score], 2)
+        joint = torch.log_softmax(mix_logits, dim=-1) + comp_log_f
         d = queries.shape[-1]
         log_density = torch.logsumexp(joint, -1) + math.sqrt(d) * self.log_density_correction(h)[..., 0]
         resp = torch.softmax(joint, dim=-1)
-        score = (resp[..., None] * att.shift).sum(2)
+        score = (resp[..., None] * comp_score).sum(2)
         score = score + (vec * self.score_correction(h)[:, :, None, :]).sum(-1)
         return log_density, score
 

@@ -210,9 +210,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     step, best = 0, math.inf
     history: list[dict] = []
     if cfg.init_from and not (resume and ckpt_path.exists()):
-        net.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+        # strict=False: a fine-tune may add modules (e.g. local-Gaussian heads) to a trained net
+        missing, unexpected = net.load_state_dict(
+            torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"], strict=False)
+        if unexpected:
+            raise ValueError(f"{cfg.init_from} has weights this model does not: {unexpected}")
         if rank == 0:
-            logger.info("initialised from %s", cfg.init_from)
+            logger.info("initialised from %s (new parameters: %s)", cfg.init_from, missing)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
