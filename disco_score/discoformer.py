@@ -80,6 +80,10 @@ class DiScoFormer(Estimator):
         net: a :class:`~disco_score.model.DiScoFormerNet` (default: the packaged weights).
         key_block: keys per attention block (memory is O(query_block x key_block x heads)).
         query_block: queries per forward pass.
+        normalize: in d <= 2, divide the density by its integral over a grid (trapezoid rule in
+            whitened coordinates, 1024 or 96 x 96 nodes over the sample range +- 4), so it
+            integrates to 1 up to quadrature error. The network alone is normalised only
+            approximately (its heads mix kernel estimates with learned, query-dependent weights).
 
     Example:
         >>> import numpy as np
@@ -90,10 +94,12 @@ class DiScoFormer(Estimator):
         (3, 2)
     """
 
-    def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024) -> None:
+    def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024,
+                 normalize: bool = True) -> None:
         self.net = net if net is not None else load_weights()[0]
         self.key_block = check_int(key_block, "key_block")
         self.query_block = check_int(query_block, "query_block")
+        self.normalize = bool(normalize)
 
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
@@ -133,7 +139,25 @@ class DiScoFormerOracle(Oracle):
         z = self.whitening.forward(samples.to(torch.float64)).to(torch.float32)[None]
         with torch.no_grad():
             self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
+        self.log_normalizer = 0.0
+        if estimator.normalize and self.dim <= 2:
+            self.log_normalizer = self._grid_log_normalizer(z[0])
         self._freeze()
+
+    def _grid_log_normalizer(self, z: torch.Tensor) -> float:
+        """log of the integral of the network's density over a grid covering the samples +- 4."""
+        k = 1024 if self.dim == 1 else 96
+        axes = [torch.linspace(float(z[:, i].min()) - 4, float(z[:, i].max()) + 4, k) for i in range(self.dim)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.dim)
+        with torch.no_grad():
+            lp, _ = self._query(grid)
+        weights = [torch.full((k,), float(a[1] - a[0])) for a in axes]
+        for w in weights:  # trapezoid rule: half weight at the ends
+            w[0] *= 0.5
+            w[-1] *= 0.5
+        log_w = torch.log(weights[0]) if self.dim == 1 else (torch.log(weights[0])[:, None]
+                                                             + torch.log(weights[1])[None, :]).reshape(-1)
+        return float(torch.logsumexp(lp.double() + log_w.double(), 0))
 
     def _query(self, y: torch.Tensor, net: DiScoFormerNet | None = None, grad: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +176,7 @@ class DiScoFormerOracle(Oracle):
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.whitening.forward(y.to(torch.float64)).to(torch.float32)
         lp, sc = self._query(z)
-        log_p = self.whitening.log_density_out(lp.to(torch.float64))
+        log_p = self.whitening.log_density_out(lp.to(torch.float64)) - self.log_normalizer
         score = self.whitening.score_out(sc.to(torch.float64)) if want_score else None
         if not bool(torch.isfinite(log_p).all()) or (score is not None and not bool(torch.isfinite(score).all())):
             raise FloatingPointError("DiScoFormer produced non-finite values; the queries may be far outside "
@@ -197,6 +221,8 @@ class DiScoFormerOracle(Oracle):
             p.requires_grad_(False)
         new = copy.copy(self)
         object.__setattr__(new, "_net", net)
+        if self.estimator.normalize and self.dim <= 2:
+            object.__setattr__(new, "log_normalizer", new._grid_log_normalizer(z))
         return new
 
     def __repr__(self) -> str:
