@@ -339,7 +339,7 @@ def test_default_estimator_is_used():
     (dict(method="rk4"), ValueError, "method"),
     (dict(estimator=KDE(), score_fn=lambda t, x: -x), ValueError, "not both"),
     (dict(estimator="kde"), TypeError, "estimator must be an Estimator"),
-    (dict(score_fn=lambda t, x: -x[:3]), ValueError, "score_fn must return"),
+    (dict(estimator=None, score_fn=lambda t, x: -x[:3]), ValueError, "score_fn must return"),
     (dict(times=[0.0, 0.2, 0.1]), ValueError, "strictly increasing"),
     (dict(times=[0.0]), ValueError, "at least two"),
     (dict(callback=3), TypeError, "callback"),
@@ -347,7 +347,7 @@ def test_default_estimator_is_used():
 ])
 def test_fokker_planck_bad_input(kwargs, error, match):
     args = dict(x0=np.random.default_rng(0).normal(size=(50, 2)), grad_potential=lambda x: x, t_end=0.1,
-                n_steps=2, estimator=None, progress=False)
+                n_steps=2, estimator=GaussianFit(), progress=False)
     args.update(kwargs)
     with pytest.raises(error, match=match):
         particles.fokker_planck(**args)
