@@ -1,0 +1,154 @@
+"""NumPyro adapter: EmpiricalDistribution in a model under NUTS, potential_fn, the Langevin kernel.
+
+Reference answers: exact posterior moments of the conjugate problem (tests/_conjugate.py) and the
+oracle's own values and scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+jax = pytest.importorskip("jax")
+numpyro = pytest.importorskip("numpyro")
+import jax.numpy as jnp  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+from numpyro.diagnostics import effective_sample_size  # noqa: E402
+from numpyro.infer import MCMC, NUTS  # noqa: E402
+
+from _conjugate import kde_reference, make_problem, moment_errors, ula_stationary_cov  # noqa: E402
+from disco_score import KDE  # noqa: E402
+from disco_score.base import Oracle  # noqa: E402
+from disco_score.integrations.numpyro import EmpiricalDistribution, Langevin, potential_fn  # noqa: E402
+
+Z_TOL = 4.5  # Monte-Carlo tolerance in standard errors
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(2)
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return KDE("scott")
+
+
+def conjugate_model(prior_samples, estimator):
+    """The issue's contract, verbatim apart from the explicit estimator."""
+
+    def model(y):
+        theta = numpyro.sample("theta", EmpiricalDistribution(prior_samples, estimator))
+        numpyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=y)
+
+    return model
+
+
+def test_distribution_shapes_log_prob_and_sampling(problem, estimator):
+    prior = EmpiricalDistribution(problem.prior_samples, estimator)
+    assert prior.event_shape == (2,) and prior.batch_shape == ()
+    assert prior.support is dist.constraints.real_vector
+    x = np.array([[0.1, 0.2], [1.0, -1.0]], dtype=np.float32)
+    np.testing.assert_allclose(prior.log_prob(jnp.asarray(x)), prior.oracle.log_density(x.astype(np.float64)),
+                               rtol=1e-5)
+    grad = jax.grad(lambda v: prior.log_prob(v).sum())(jnp.asarray(x))
+    np.testing.assert_allclose(grad, prior.oracle.score(x.astype(np.float64)), rtol=1e-4, atol=1e-5)
+    draws = prior.sample(jax.random.key(0), (5, 3))
+    assert draws.shape == (5, 3, 2)
+    # resampling: every draw is one of the samples
+    pool = np.asarray(problem.prior_samples, dtype=np.float32)
+    assert all(np.any(np.all(pool == d, axis=1)) for d in np.asarray(draws).reshape(-1, 2))
+    np.testing.assert_allclose(prior.mean, problem.prior_samples.mean(0), rtol=1e-5)
+    # the fit is cached: a model rebuilding the distribution on every trace fits once
+    assert EmpiricalDistribution(problem.prior_samples, estimator).oracle is prior.oracle
+
+
+def test_x64_log_prob_is_float64_and_exact(problem, estimator):
+    with jax.enable_x64(True):
+        prior = EmpiricalDistribution(problem.prior_samples, estimator)
+        x = jnp.array([0.3, -0.4], dtype=jnp.float64)
+        value, grad = jax.value_and_grad(prior.log_prob)(x)
+        assert value.dtype == jnp.float64
+        np.testing.assert_allclose(value, prior.oracle.log_density(np.array(x)), rtol=1e-12)
+        np.testing.assert_allclose(grad, prior.oracle.score(np.array(x)), rtol=1e-10)
+
+
+def test_contract_nuts_matches_conjugate_posterior(problem, estimator):
+    """NUTS, 4 vectorized chains: likelihood x sample-based prior = the analytic posterior."""
+    model = conjugate_model(problem.prior_samples, estimator)
+    mcmc = MCMC(NUTS(model), num_warmup=200, num_samples=300, num_chains=4,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(0), jnp.asarray(problem.observations, dtype=jnp.float32))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], dtype=np.float64)
+    oracle = EmpiricalDistribution(problem.prior_samples, estimator).oracle
+    exact_kde = moment_errors(draws, *kde_reference(problem, oracle), effective_sample_size)
+    assert exact_kde.mean_z < Z_TOL and exact_kde.cov_z < Z_TOL, exact_kde
+    truth = moment_errors(draws, *problem.posterior(), effective_sample_size)
+    assert truth.mean_err < 0.15 and truth.cov_rel < 0.2, truth
+
+
+def test_langevin_kernel_with_model_and_with_potential(problem, estimator):
+    """Unadjusted Langevin (score only) from a model, and from potential_fn on the prior alone."""
+    model = conjugate_model(problem.prior_samples, estimator)
+    step_size = 0.05
+    mcmc = MCMC(Langevin(model, step_size=step_size), num_warmup=100, num_samples=400, num_chains=8,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(1), jnp.asarray(problem.observations, dtype=jnp.float32))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], dtype=np.float64)
+    oracle = EmpiricalDistribution(problem.prior_samples, estimator).oracle
+    mean, cov = kde_reference(problem, oracle)
+    # ULA is O(step_size)-biased (here ~10% in variance); compare with its Gaussian stationary law
+    err = moment_errors(draws, mean, ula_stationary_cov(cov, step_size), effective_sample_size)
+    assert err.mean_z < Z_TOL and err.cov_z < Z_TOL, err
+
+    prior_only = Langevin(potential_fn=potential_fn(oracle), step_size=0.05)
+    mcmc = MCMC(prior_only, num_warmup=100, num_samples=300, progress_bar=False)
+    mcmc.run(jax.random.key(2), init_params=jnp.asarray(problem.prior_mean, dtype=jnp.float32))
+    draws = np.asarray(mcmc.get_samples(), dtype=np.float64)
+    sd = np.sqrt(np.diag(problem.prior_cov))
+    assert np.all(np.abs(draws.mean(0) - problem.prior_samples.mean(0)) < 0.5 * sd)
+
+
+def test_potential_fn_is_negative_log_density(problem, estimator):
+    oracle = estimator.fit(problem.prior_samples)
+    u = potential_fn(oracle)
+    x = jnp.array([0.5, 0.5])
+    np.testing.assert_allclose(u(x), -oracle.log_density(np.asarray(x, dtype=np.float64)), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(u)(x), -oracle.score(np.asarray(x, dtype=np.float64)), rtol=1e-4)
+    # estimator + samples fits (and caches) the same way
+    assert float(potential_fn(estimator, problem.prior_samples)(x)) == pytest.approx(float(u(x)), rel=1e-6)
+
+
+def test_nan_oracle_raises_instead_of_running(problem):
+    class Broken(Oracle):
+        dim, compute_dtype, device = 2, torch.float64, torch.device("cpu")
+
+        def _log_density_and_score(self, y, want_score=True):
+            nan = torch.full_like(y, torch.nan)
+            return nan[:, 0], nan if want_score else None
+
+        def _smoothed(self, sigma):
+            raise NotImplementedError
+
+    model = conjugate_model(problem.prior_samples, Broken())
+    mcmc = MCMC(NUTS(model), num_warmup=10, num_samples=10, progress_bar=False)
+    with pytest.raises(Exception, match="oracle returned a non-finite log-density"):
+        mcmc.run(jax.random.key(0), jnp.asarray(problem.observations))
+
+
+def test_bad_input(problem, estimator):
+    prior = EmpiricalDistribution(problem.prior_samples, estimator)
+    with pytest.raises(Exception, match="non-finite position"):
+        prior.log_prob(jnp.array([jnp.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):
+        prior.log_prob(jnp.zeros(3))
+    with pytest.raises(ValueError, match="samples must have shape"):
+        EmpiricalDistribution(np.zeros(10), estimator)
+    with pytest.raises(TypeError, match="estimator"):
+        EmpiricalDistribution(problem.prior_samples, "kde")
+    with pytest.raises(TypeError, match="traced"):
+        jax.jit(lambda s: EmpiricalDistribution(s, estimator).log_prob(jnp.zeros(2)))(
+            jnp.asarray(problem.prior_samples))
+    with pytest.raises(ValueError, match="exactly one"):
+        Langevin()
