@@ -1,0 +1,1204 @@
+"""The benchmark harness: ``python -m disco_score.bench [suite] [options]`` (also ``disco-score bench``).
+
+Suites (definitions: ``shared/docs/benchmark-protocol.md``):
+
+* ``accuracy``: the protocol's P1, P2 and P3 cells. Every estimator row runs on the same targets,
+  samples and queries (drawn once per target from a seeded :class:`torch.Generator`, float64).
+  Each cell is the mean over targets of the per-target figure; the "x oracle KDE" columns divide
+  that mean by the oracle-tuned KDE's mean in the same cell.
+* ``scaling``: error against n (2^8 ... 2^17) at d = 2, 10, 100 and against d at fixed n, with
+  fitted log-log slopes and KDE's theoretical n^(-4/(d+6)) score rate for reference.
+* ``speed``: wall time and peak memory of fit + evaluate (n = m), one subprocess per configuration
+  (peak RSS from ``resource.getrusage`` in the child; a time-out per configuration). Time-outs and
+  out-of-memory are recorded as such.
+* ``downstream``: integrated squared error of SD-KDE densities with the learned against the
+  empirical score (d = 1, 2, exact GMM density on a grid), and entropy / Fisher-information
+  estimates from :mod:`disco_score.information` when that module is present.
+
+Results go to ``<out-dir>/benchmarks/<suite>.json``; ``<out-dir>/BENCHMARKS.md`` and
+``<out-dir>/docs/images/bench_*.png`` are regenerated from all suite JSON files present. A failing
+row or suite is recorded (exception text in the JSON and the markdown) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .base import Estimator, Oracle
+from .kde import KDE, SDKDE, oracle_tuned_kde
+from .targets import GaussianMixture, ProductLaplace, ProductStudentT, Target, random_gmm
+
+logger = logging.getLogger(__name__)
+
+SUITES = ("accuracy", "scaling", "speed", "downstream")
+#: fresh query points per target (protocol: m = 1024)
+N_QUERIES = 1024
+METRICS = ("relative_score_mse", "score_mse", "log_density_mse")
+#: figures averaged into a cell (per-target entries may carry more, e.g. the tuned bandwidth)
+FIGURES = (*METRICS, "ise")
+METRIC_TITLES = {"relative_score_mse": "rel. score MSE", "score_mse": "score MSE",
+                 "log_density_mse": "log-density MSE", "ise": "ISE"}
+ORACLE_KDE = "kde-oracle"
+
+# Reference values from the protocol document (mean over targets, float64), keyed by cell and row key.
+PROTOCOL_REFERENCE: dict[str, dict[str, dict[str, float]]] = {
+    "P1 d=2 n=256": {"kde-scott": {"relative_score_mse": 0.335}, "kde-oracle": {"relative_score_mse": 0.186},
+                     "em": {"relative_score_mse": 1.28}},
+    "P1 d=2 n=16384": {"kde-scott": {"relative_score_mse": 0.058}, "kde-oracle": {"relative_score_mse": 0.043},
+                       "em": {"relative_score_mse": 0.030}},
+    "P1 d=10 n=256": {"kde-scott": {"relative_score_mse": 0.637}, "kde-oracle": {"relative_score_mse": 0.375},
+                      "em": {"relative_score_mse": 1.86}},
+    "P1 d=10 n=16384": {"kde-scott": {"relative_score_mse": 0.396}, "kde-oracle": {"relative_score_mse": 0.227},
+                        "em": {"relative_score_mse": 0.021}},
+    "P2 d=100 n=2048": {"kde-scott": {"score_mse": 1.50, "log_density_mse": 750.0},
+                        "kde-oracle": {"score_mse": 0.895, "log_density_mse": 517.0},
+                        "em": {"score_mse": 0.926, "log_density_mse": 122.0}},
+    "P2 d=100 n=16384": {"kde-scott": {"score_mse": 1.32, "log_density_mse": 536.0},
+                         "kde-oracle": {"score_mse": 0.838, "log_density_mse": 402.0},
+                         "em": {"score_mse": 0.028, "log_density_mse": 0.96}},
+}
+
+_PUB = "published, not re-measured"
+_P2_PUBLISHED = [
+    {"label": f"DiScoFormer ({_PUB}; own prior, n not stated)",
+     "values": {"score_mse": 0.167, "log_density_mse": 20.8},
+     "ratio_note": "vs published best KDE", "ratios": {"score_mse": 0.167 / 1.090, "log_density_mse": 20.8 / 781}},
+    {"label": f"best KDE ({_PUB}; n not stated)", "values": {"score_mse": 1.090, "log_density_mse": 781.0}},
+]
+# Published figures (their own prior, which differs in details), keyed by cell.
+PUBLISHED: dict[str, list[dict[str, Any]]] = {
+    **{cell: [{"label": f"DiScoFormer ({_PUB}; own prior)", "values": {"relative_score_mse": disco}},
+              {"label": f"KDE Scott ({_PUB}; own prior)", "values": {"relative_score_mse": scott}}]
+       for cell, disco, scott in [("P1 d=2 n=256", 0.1467, 0.438), ("P1 d=2 n=16384", 0.0680, 0.172),
+                                  ("P1 d=10 n=256", 0.0749, 0.656), ("P1 d=10 n=16384", 0.0283, 0.529)]},
+    "P2 d=100 n=2048": _P2_PUBLISHED,
+    "P2 d=100 n=16384": _P2_PUBLISHED,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Run metadata and seeds
+# ----------------------------------------------------------------------------------------------
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """Short hash of the checkout holding this file, ``-dirty`` if tracked files are modified."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if dirty else "")
+
+
+def run_metadata(command: str, seed: int, quick: bool) -> dict[str, Any]:
+    """What stands above each table: command, commit, hardware, versions, date, seed."""
+    return {"command": command, "commit": git_commit(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "seed": seed, "quick": quick}
+
+
+def derive_seed(base: int, *keys: object) -> int:
+    """A stable 31-bit seed from the base seed and a key path (independent of which cells run)."""
+    text = "/".join([str(base), *map(str, keys)])
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# Problems: a target, its samples and queries, with the exact values at the queries
+# ----------------------------------------------------------------------------------------------
+FAMILIES = ("gmm", "gmm-many", "p2", "laplace", "student-t")
+
+
+def make_target(family: str, d: int, generator: torch.Generator) -> Target:
+    """One target of a protocol family (float64).
+
+    ``gmm``: the GMM prior; ``gmm-many``: the prior with K in 11..20; ``p2``: K = 2, no rotation;
+    ``laplace``: product Laplace (loc 0, scale 1); ``student-t``: product Student-t (nu = 3, scale 1).
+    """
+    if family == "gmm":
+        return random_gmm(d, generator=generator)
+    if family == "gmm-many":
+        return random_gmm(d, n_components=(11, 20), generator=generator)
+    if family == "p2":
+        return random_gmm(d, n_components=2, rotate=False, generator=generator)
+    if family == "laplace":
+        return ProductLaplace(d)
+    if family == "student-t":
+        return ProductStudentT(d, df=3.0)
+    raise ValueError(f"family must be one of {FAMILIES}; got {family!r}")
+
+
+def draw(target: Target, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, d) samples, drawn in chunks: mixture sampling gathers one (d, d) factor per draw."""
+    chunk = max(1024, (1 << 22) // (target.dim * target.dim))
+    parts = [target.sample(min(chunk, n - start), generator) for start in range(0, n, chunk)]
+    return torch.cat(parts).to(torch.float64)
+
+
+@dataclass
+class Problem:
+    """One target with ``samples`` (n, d), ``queries`` (m, d) and the exact values at the queries."""
+
+    target: Target
+    samples: torch.Tensor
+    queries: torch.Tensor
+    true_log_density: torch.Tensor  # (m,)
+    true_score: torch.Tensor  # (m, d)
+    target_seed: int
+    samples_seed: int
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_components(self) -> int | None:
+        """K for mixture targets, None otherwise."""
+        return int(self.target.weights.shape[-1]) if isinstance(self.target, GaussianMixture) else None
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+
+def make_problem(family: str, d: int, n: int, index: int, seed: int, m: int = N_QUERIES) -> Problem:
+    """Target ``index`` of a family: the target and its queries depend on (seed, family, d, index)
+    only, so the same targets and queries are reused across n; the samples also depend on n."""
+    target_seed = derive_seed(seed, family, d, index)
+    samples_seed = derive_seed(seed, family, d, index, n)
+    gen = torch.Generator().manual_seed(target_seed)
+    target = make_target(family, d, gen)
+    queries = draw(target, m, gen)
+    samples = draw(target, n, torch.Generator().manual_seed(samples_seed))
+    return Problem(target, samples, queries, target.log_prob_t(queries), target.score_t(queries),
+                   target_seed, samples_seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimator rows
+# ----------------------------------------------------------------------------------------------
+class Context:
+    """Run-wide state: the pretrained DiScoFormer, loaded once (or its load failure, kept)."""
+
+    def __init__(self) -> None:
+        self._discoformer: Estimator | None = None
+        self._discoformer_error: str | None = None
+
+    def discoformer(self) -> Estimator:
+        if self._discoformer is None and self._discoformer_error is None:
+            try:
+                from .discoformer import DiScoFormer
+
+                self._discoformer = DiScoFormer.pretrained()
+            except Exception as exc:  # missing module or weights: every dependent row records this
+                self._discoformer_error = f"{type(exc).__name__}: {exc}"
+        if self._discoformer is None:
+            raise RuntimeError(f"DiScoFormer unavailable: {self._discoformer_error}")
+        return self._discoformer
+
+
+def _discoformer_oracle(problem: Problem, ctx: Context) -> Oracle:
+    return problem.cached("discoformer", lambda: ctx.discoformer().fit(problem.samples))
+
+
+def _em_oracle(problem: Problem, ctx: Context) -> Oracle:
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    k = problem.n_components
+    if k is None:
+        raise ValueError("EM with the true K needs a mixture target")
+    em = SkGaussianMixture(n_components=k, covariance_type="full", random_state=problem.samples_seed)
+    em.fit(problem.samples.numpy())
+    return GaussianMixture(torch.as_tensor(em.weights_, dtype=torch.float64),
+                           torch.as_tensor(em.means_, dtype=torch.float64),
+                           torch.as_tensor(em.covariances_, dtype=torch.float64))
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One estimator row.
+
+    ``fit`` builds an oracle from a problem's samples; rows that pick their settings against the
+    truth (the oracle-tuned KDE) instead give ``direct``, returning the metrics themselves.
+    ``applies`` says whether the row exists for a problem (EM with the true K needs a mixture).
+    """
+
+    key: str
+    label: str
+    fit: Callable[[Problem, Context], Oracle] | None = None
+    direct: Callable[[Problem], dict[str, Any]] | None = None
+    applies: Callable[[Problem], bool] = lambda problem: True
+
+
+def _oracle_tuned(problem: Problem) -> dict[str, Any]:
+    best = oracle_tuned_kde(problem.samples, problem.queries, problem.true_log_density, problem.true_score)
+    return {"relative_score_mse": best.relative_score_mse, "score_mse": best.score_mse,
+            "log_density_mse": best.log_density_mse, "score_factor": best.score_factor,
+            "score_kernel": best.score_kernel, "log_density_factor": best.log_density_factor,
+            "log_density_kernel": best.log_density_kernel}
+
+
+#: every row the accuracy, scaling and downstream suites know, by CLI key
+ESTIMATORS: dict[str, RowSpec] = {spec.key: spec for spec in [
+    RowSpec("discoformer", "DiScoFormer", fit=_discoformer_oracle),
+    RowSpec("discoformer-adapt", "DiScoFormer + adapt (4 steps)",
+            fit=lambda p, ctx: _discoformer_oracle(p, ctx).adapt(steps=4)),  # type: ignore[attr-defined]
+    RowSpec("kde-scott", "KDE (Scott)", fit=lambda p, ctx: KDE("scott").fit(p.samples)),
+    RowSpec(ORACLE_KDE, "KDE (oracle-tuned)", direct=_oracle_tuned),
+    RowSpec("sdkde-empirical", "SD-KDE (empirical score)", fit=lambda p, ctx: SDKDE().fit(p.samples)),
+    RowSpec("sdkde-discoformer", "SD-KDE (DiScoFormer score)",
+            fit=lambda p, ctx: SDKDE(score=_discoformer_oracle(p, ctx)).fit(p.samples)),
+    RowSpec("sdkde-exact", "SD-KDE (exact score, reference)",
+            fit=lambda p, ctx: SDKDE(score=p.target).fit(p.samples)),
+    RowSpec("em", "EM Gaussian mixture (true K)", fit=_em_oracle,
+            applies=lambda p: p.n_components is not None),
+]}
+
+#: rows of the speed suite, by CLI key
+SPEED_ESTIMATORS = {"discoformer": "DiScoFormer", "kde-scott": "KDE (disco-score)",
+                    "scipy-kde": "scipy.stats.gaussian_kde", "sklearn-kde": "sklearn KernelDensity"}
+
+DEFAULT_ESTIMATORS = {
+    "accuracy": ["discoformer", "discoformer-adapt", "kde-scott", ORACLE_KDE, "sdkde-empirical",
+                 "sdkde-discoformer", "em"],
+    "scaling": ["discoformer", "kde-scott", ORACLE_KDE, "sdkde-empirical", "em"],
+    "speed": list(SPEED_ESTIMATORS),
+    "downstream": ["discoformer", "kde-scott", "sdkde-empirical", "sdkde-discoformer", "sdkde-exact"],
+}
+
+
+def query_metrics(oracle: Oracle, problem: Problem) -> dict[str, float]:
+    """The protocol's three figures at the problem's queries."""
+    log_p, score = oracle.log_density_and_score(problem.queries)
+    return {"relative_score_mse": metrics.relative_score_mse(score, problem.true_score),
+            "score_mse": metrics.score_mse(score, problem.true_score),
+            "log_density_mse": metrics.log_density_mse(log_p, problem.true_log_density)}
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells: shared by the accuracy, scaling and downstream suites
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: ``n_targets`` problems of one family at (d, n); ``shown`` metrics in the tables."""
+
+    group: str
+    family: str
+    d: int
+    n: int
+    n_targets: int
+    shown: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.group} d={self.d} n={self.n}"
+
+
+@dataclass
+class Options:
+    """Parsed command-line options shared by the suites."""
+
+    quick: bool = False
+    seed: int = 0
+    estimators: list[str] | None = None
+    only: str | None = None
+    timeout: float | None = None
+    progress: bool = True
+
+    def rows(self, suite: str) -> list[str]:
+        known = SPEED_ESTIMATORS if suite == "speed" else ESTIMATORS
+        chosen = DEFAULT_ESTIMATORS[suite] if self.estimators is None else self.estimators
+        return [key for key in chosen if key in known]
+
+    def selected(self, label: str) -> bool:
+        return self.only is None or re.search(self.only, label) is not None
+
+
+def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts: Options,
+              measure: Callable[[Oracle, Problem], dict[str, float]] = query_metrics,
+              desc: str = "cells") -> list[dict[str, Any]]:
+    """Evaluate every row on every target of every cell; failures are recorded per target.
+
+    Returns one dict per cell: its parameters, the per-target seeds, and ``rows``: per row label
+    ``values`` (mean over targets of each figure, None if any target failed), ``per_target``,
+    ``seconds`` (mean fit + evaluate time per target), ``status`` ("ok", "failed", "n/a"), ``error``.
+    """
+    specs = [ESTIMATORS[key] for key in row_keys]
+    cells = [cell for cell in cells if opts.selected(cell.label)]
+    results = []
+    bar = tqdm(total=sum(c.n_targets for c in cells), desc=desc, disable=not opts.progress, leave=False)
+    for cell in cells:
+        per_row: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
+        seeds = []
+        for index in range(cell.n_targets):
+            problem = make_problem(cell.family, cell.d, cell.n, index, opts.seed)
+            seeds.append({"target": problem.target_seed, "samples": problem.samples_seed})
+            for spec in specs:
+                per_row[spec.key].append(_evaluate_row(spec, problem, ctx, measure))
+            bar.update(1)
+        rows = {spec.key: _aggregate(spec, per_row[spec.key]) for spec in specs}
+        _add_ratios(rows)
+        results.append({"cell": cell.label, "group": cell.group, "family": cell.family, "d": cell.d,
+                        "n": cell.n, "m": N_QUERIES, "targets": cell.n_targets, "shown": list(cell.shown),
+                        "seeds": seeds, "rows": rows})
+        logger.info("%s: %s", cell.label, "; ".join(_row_summary(row, cell.shown) for row in rows.values()))
+    bar.close()
+    return results
+
+
+def _evaluate_row(spec: RowSpec, problem: Problem, ctx: Context,
+                  measure: Callable[[Oracle, Problem], dict[str, float]]) -> dict[str, Any]:
+    if not spec.applies(problem):
+        return {"status": "n/a"}
+    start = time.perf_counter()
+    try:
+        if spec.direct is not None:
+            if measure is not query_metrics:
+                return {"status": "n/a"}
+            values = spec.direct(problem)
+        else:
+            assert spec.fit is not None
+            values = measure(spec.fit(problem, ctx), problem)
+    except Exception as exc:  # recorded, never raised: the run goes on
+        logger.debug("row %s failed", spec.key, exc_info=True)
+        return {"status": "failed", "error": _error_text(exc)}
+    return {"status": "ok", "seconds": time.perf_counter() - start, **values}
+
+
+def _aggregate(spec: RowSpec, per_target: list[dict[str, Any]]) -> dict[str, Any]:
+    statuses = {entry["status"] for entry in per_target}
+    row: dict[str, Any] = {"label": spec.label, "per_target": per_target, "values": None, "seconds": None,
+                           "error": None, "ratio_to_oracle_kde": None}
+    if statuses == {"n/a"}:
+        row["status"] = "n/a"
+        return row
+    failures = [entry["error"] for entry in per_target if entry["status"] == "failed"]
+    if failures:
+        row["status"] = "failed"
+        row["error"] = f"{len(failures)}/{len(per_target)} targets failed; first: {failures[0]}"
+        return row
+    ok = [entry for entry in per_target if entry["status"] == "ok"]
+    keys = [k for k in ok[0] if k in FIGURES]
+    row["status"] = "ok"
+    row["values"] = {k: float(np.mean([entry[k] for entry in ok])) for k in keys}
+    row["seconds"] = float(np.mean([entry["seconds"] for entry in ok]))
+    return row
+
+
+def _add_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    """Ratio of each row's cell mean to the oracle-tuned KDE's cell mean, per figure."""
+    reference = rows.get(ORACLE_KDE)
+    if reference is None or reference["status"] != "ok":
+        return
+    for row in rows.values():
+        if row["status"] == "ok":
+            row["ratio_to_oracle_kde"] = {
+                k: (v / reference["values"][k] if reference["values"].get(k) else None)
+                for k, v in row["values"].items() if k in reference["values"]}
+
+
+def _row_summary(row: dict[str, Any], shown: Sequence[str]) -> str:
+    if row["status"] != "ok":
+        return f"{row['label']} {row['status']}"
+    return f"{row['label']} " + ", ".join(_fmt(row["values"].get(k), k) for k in shown)
+
+
+# ----------------------------------------------------------------------------------------------
+# Suites
+# ----------------------------------------------------------------------------------------------
+_REL_LD = ("relative_score_mse", "log_density_mse")
+_ABS = ("score_mse", "log_density_mse")
+
+
+def accuracy_cells(quick: bool) -> list[Cell]:
+    """The protocol's P1, P2, P3 cells (``quick``: small n, one or two targets)."""
+    if quick:
+        return [Cell("P1", "gmm", 2, 256, 2, ("relative_score_mse",)),
+                Cell("P1", "gmm", 10, 256, 2, ("relative_score_mse",)),
+                Cell("P2", "p2", 100, 2048, 1, _ABS),
+                Cell("P3 more modes", "gmm-many", 2, 2048, 1, _REL_LD),
+                Cell("P3 Laplace", "laplace", 2, 512, 1, _ABS),
+                Cell("P3 Student-t", "student-t", 2, 128, 1, _ABS)]
+    return ([Cell("P1", "gmm", d, n, 8, ("relative_score_mse",)) for d in (2, 10) for n in (256, 16384)]
+            + [Cell("P2", "p2", 100, n, 4, _ABS) for n in (2048, 16384)]
+            + [Cell("P3 more modes", "gmm-many", d, 2048, 8, _REL_LD) for d in (2, 10)]
+            + [Cell("P3 Laplace", "laplace", 2, n, 8, _ABS) for n in (512, 1024, 2048, 4096)]
+            + [Cell("P3 Student-t", "student-t", 2, n, 8, _ABS) for n in (128, 256, 512)])
+
+
+def run_accuracy(opts: Options, ctx: Context) -> dict[str, Any]:
+    """P1/P2/P3 against the baselines, with the published and protocol-reference figures attached."""
+    cells = run_cells(accuracy_cells(opts.quick), opts.rows("accuracy"), ctx, opts, desc="accuracy")
+    for cell in cells:
+        cell["published"] = PUBLISHED.get(cell["cell"], [])
+        cell["reference"] = PROTOCOL_REFERENCE.get(cell["cell"], {})
+    return {"cells": cells}
+
+
+SCALING_N_DIMS = (2, 10, 100)
+
+
+def scaling_cells(quick: bool) -> list[Cell]:
+    """Error against n at d = 2, 10 (GMM prior) and 100 (P2-style), and against d at fixed n."""
+    ns = [2 ** k for k in ((8, 10, 12) if quick else range(8, 18))]
+    targets = 1 if quick else 4
+    by_n = [Cell("vs n", "p2" if d == 100 else "gmm", d, n, targets, ("relative_score_mse",))
+            for d in SCALING_N_DIMS for n in ns]
+    n_fixed = 2 ** 10 if quick else 2 ** 14
+    dims = (1, 2, 5, 10) if quick else (1, 2, 5, 10, 20, 50, 100)
+    by_d = [Cell("vs d", "gmm", d, n_fixed, targets, ("relative_score_mse",)) for d in dims]
+    return by_n + by_d
+
+
+def fitted_slopes(cells: list[dict[str, Any]], metric: str = "relative_score_mse"
+                  ) -> dict[str, dict[str, float]]:
+    """Least-squares slope of log(error) against log(n), per d and row (rows with >= 2 points)."""
+    slopes: dict[str, dict[str, float]] = {}
+    for d in sorted({c["d"] for c in cells if c["group"] == "vs n"}):
+        sweep = [c for c in cells if c["group"] == "vs n" and c["d"] == d]
+        for key in sweep[0]["rows"] if sweep else []:
+            points = [(c["n"], c["rows"][key]["values"][metric]) for c in sweep
+                      if c["rows"][key]["status"] == "ok" and c["rows"][key]["values"].get(metric, 0) > 0]
+            if len(points) >= 2:
+                ns, errs = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+                slopes.setdefault(str(d), {})[key] = float(np.polyfit(ns, errs, 1)[0])
+    return slopes
+
+
+def run_scaling(opts: Options, ctx: Context) -> dict[str, Any]:
+    cells = run_cells(scaling_cells(opts.quick), opts.rows("scaling"), ctx, opts, desc="scaling")
+    theory = {str(d): -4.0 / (d + 6) for d in SCALING_N_DIMS}
+    return {"cells": cells, "slopes": fitted_slopes(cells), "kde_theory_slopes": theory}
+
+
+# -- speed -------------------------------------------------------------------------------------
+def speed_configs(quick: bool) -> list[tuple[int, int]]:
+    """(d, n = m) pairs."""
+    ns = (2 ** 10,) if quick else (2 ** 10, 2 ** 12, 2 ** 14, 2 ** 17)
+    dims = (2, 10) if quick else (2, 10, 100)
+    return [(d, n) for d in dims for n in ns]
+
+
+def _speed_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a child process: fit + evaluate one estimator once; peak RSS from getrusage."""
+    import resource
+
+    def rss_mb() -> float:  # ru_maxrss is in KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    key, d, n = config["estimator"], int(config["d"]), int(config["n"])
+    gen = torch.Generator().manual_seed(int(config["seed"]))
+    target = make_target("p2" if d >= 100 else "gmm", d, gen)
+    samples = draw(target, n, gen).to(torch.float32)
+    queries = draw(target, n, gen).to(torch.float32)
+    result: dict[str, Any] = {"threads": torch.get_num_threads()}
+    try:
+        if key == "discoformer":
+            estimator = Context().discoformer()  # loading the weights is not part of fit
+        elif key == "kde-scott":
+            estimator = KDE()
+        elif key == "scipy-kde":
+            from scipy.stats import gaussian_kde
+        elif key == "sklearn-kde":
+            from sklearn.neighbors import KernelDensity
+        else:
+            raise ValueError(f"unknown speed estimator {key!r}")
+        x64, q64 = samples.numpy().astype(np.float64), queries.numpy().astype(np.float64)
+        result["rss_before_mb"] = rss_mb()
+        start = time.perf_counter()
+        if key in ("discoformer", "kde-scott"):
+            oracle = estimator.fit(samples)
+            fitted = time.perf_counter()
+            oracle.log_density_and_score(queries)
+        elif key == "scipy-kde":
+            kde = gaussian_kde(x64.T)  # Scott's rule, full covariance, as its users call it
+            fitted = time.perf_counter()
+            kde.logpdf(q64.T)
+        else:
+            tree = KernelDensity(bandwidth="scott").fit(x64)
+            fitted = time.perf_counter()
+            tree.score_samples(q64)
+        done = time.perf_counter()
+        result.update(status="ok", fit_seconds=fitted - start, eval_seconds=done - fitted,
+                      seconds=done - start)
+    except MemoryError as exc:
+        result.update(status="oom", error=_error_text(exc))
+    except RuntimeError as exc:
+        oom = "memory" in str(exc).lower() and ("allocate" in str(exc).lower() or "out of" in str(exc).lower())
+        result.update(status="oom" if oom else "failed", error=_error_text(exc))
+    except Exception as exc:
+        result.update(status="failed", error=_error_text(exc))
+    result["peak_rss_mb"] = rss_mb()
+    return result
+
+
+def _speed_child_main(config_json: str) -> None:
+    """Entry point of the child process: prints one JSON line."""
+    logging.basicConfig(level=logging.WARNING)
+    sys.stdout.write(json.dumps(_speed_worker(json.loads(config_json))) + "\n")
+
+
+def run_speed_config(config: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter; time-outs and kills are recorded."""
+    code = "import sys; from disco_score.bench import _speed_child_main; _speed_child_main(sys.argv[1])"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"exceeded the {timeout:g} s time-out"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == -signal.SIGKILL:
+        return {"status": "oom", "error": "killed by SIGKILL (the kernel's out-of-memory killer)"}
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"status": "failed", "error": f"exit code {proc.returncode}: {tail[0]}"}
+    return json.loads(lines[-1])
+
+
+def run_speed(opts: Options, ctx: Context) -> dict[str, Any]:
+    """Fit + evaluate timings; after a time-out or OOM the larger n for that (estimator, d) are skipped."""
+    timeout = opts.timeout if opts.timeout is not None else (60.0 if opts.quick else 300.0)
+    keys = opts.rows("speed")
+    configs = [(d, n) for d, n in speed_configs(opts.quick) if opts.selected(f"speed d={d} n={n}")]
+    gave_up: dict[tuple[str, int], str] = {}
+    cells = []
+    bar = tqdm(total=len(configs) * len(keys), desc="speed", disable=not opts.progress, leave=False)
+    for d, n in configs:
+        rows: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            if (key, d) in gave_up:
+                entry = {"status": "skipped", "error": gave_up[(key, d)]}
+            else:
+                config = {"estimator": key, "d": d, "n": n, "seed": derive_seed(opts.seed, "speed", d, n)}
+                entry = run_speed_config(config, timeout)
+                if entry["status"] in ("timeout", "oom"):
+                    gave_up[(key, d)] = f"{entry['status']} at n={n}"
+            values = {k: entry[k] for k in ("fit_seconds", "eval_seconds", "seconds", "peak_rss_mb",
+                                           "rss_before_mb") if k in entry}
+            rows[key] = {"label": SPEED_ESTIMATORS[key], "status": entry["status"],
+                         "error": entry.get("error"), "values": values, "threads": entry.get("threads")}
+            bar.update(1)
+        base = rows.get("kde-scott")
+        for row in rows.values():
+            ok = row["status"] == "ok" and base is not None and base["status"] == "ok"
+            row["ratio_to_kde"] = row["values"]["seconds"] / base["values"]["seconds"] if ok else None
+        cells.append({"cell": f"speed d={d} n={n}", "d": d, "n": n, "m": n, "rows": rows})
+        logger.info("speed d=%d n=m=%d: %s", d, n, "; ".join(
+            f"{r['label']} " + (f"{r['values']['seconds']:.3g} s, {r['values']['peak_rss_mb']:.0f} MB"
+                                if r["status"] == "ok" else r["status"]) for r in rows.values()))
+    bar.close()
+    return {"cells": cells, "timeout_seconds": timeout, "dtype": "float32 (scipy/sklearn: float64)",
+            "evaluates": "log-density and score (scipy/sklearn: log-density only)"}
+
+
+# -- downstream ----------------------------------------------------------------------------------
+def density_grid(target: Target, points_per_axis: int) -> tuple[torch.Tensor, float]:
+    """A regular grid covering a mixture target (means +- 8 sd) and its cell volume."""
+    assert isinstance(target, GaussianMixture)
+    spread = 8.0 * float(torch.linalg.eigvalsh(target.covariances).max().sqrt())
+    lo = target.means.min(0).values - spread
+    hi = target.means.max(0).values + spread
+    axes = [torch.linspace(float(a), float(b), points_per_axis, dtype=torch.float64) for a, b in zip(lo, hi)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, target.dim)
+    volume = float(torch.prod((hi - lo) / (points_per_axis - 1)))
+    return grid, volume
+
+
+def integrated_squared_error(oracle: Oracle, problem: Problem) -> dict[str, float]:
+    """``int (f_hat - f)^2 dx`` by a Riemann sum on the target's grid (d = 1: 4001 points, d = 2: 301^2)."""
+    grid, volume, truth = problem.cached("grid", lambda: _grid_with_truth(problem.target))
+    estimate = torch.as_tensor(oracle.density(grid)).to(torch.float64)
+    if not bool(torch.isfinite(estimate).all()):
+        raise ValueError("estimated density has non-finite values on the grid")
+    return {"ise": float(((estimate - truth) ** 2).sum() * volume)}
+
+
+def _grid_with_truth(target: Target) -> tuple[torch.Tensor, float, torch.Tensor]:
+    grid, volume = density_grid(target, 4001 if target.dim == 1 else 301)
+    return grid, volume, target.log_prob_t(grid).exp()
+
+
+def downstream_cells(quick: bool) -> list[Cell]:
+    ns = (256,) if quick else (256, 1024, 4096)
+    return [Cell("ISE", "gmm", d, n, 1 if quick else 8, ("ise",)) for d in (1, 2) for n in ns]
+
+
+def run_downstream(opts: Options, ctx: Context) -> dict[str, Any]:
+    """SD-KDE ISE with learned / empirical / exact scores; entropy and Fisher information."""
+    keys = opts.rows("downstream")
+    cells = run_cells(downstream_cells(opts.quick), keys, ctx, opts, measure=integrated_squared_error,
+                      desc="downstream ISE")
+    for cell in cells:  # ratios against SD-KDE with the empirical score
+        base = cell["rows"].get("sdkde-empirical")
+        for row in cell["rows"].values():
+            ok = row["status"] == "ok" and base is not None and base["status"] == "ok"
+            row["ratio_to_sdkde_empirical"] = row["values"]["ise"] / base["values"]["ise"] if ok else None
+    information: dict[str, Any] = {"rows": [], "error": None, "estimators": []}
+    if opts.selected("information"):
+        information.update(_run_information(keys, ctx, opts))
+    return {"cells": cells, "information": information}
+
+
+def _run_information(keys: Sequence[str], ctx: Context, opts: Options) -> dict[str, Any]:
+    estimators: dict[str, Estimator] = {}
+    notes = []
+    for key in keys:
+        try:
+            if key == "discoformer":
+                estimators[ESTIMATORS[key].label] = ctx.discoformer()
+            elif key == "kde-scott":
+                estimators[ESTIMATORS[key].label] = KDE()
+            elif key == "sdkde-empirical":
+                estimators[ESTIMATORS[key].label] = SDKDE()
+        except Exception as exc:
+            notes.append(f"{ESTIMATORS[key].label}: {_error_text(exc)}")
+    dims, n = ((1, 2), 512) if opts.quick else ((1, 2, 10), 2048)
+    try:
+        from . import information as info_module
+
+        rows = info_module.compare_estimators(estimators, dims=dims, n=n, seed=opts.seed)
+    except Exception as exc:
+        logger.warning("information estimates failed: %s", _error_text(exc))
+        return {"error": _error_text(exc), "rows": [], "estimators": list(estimators), "notes": notes}
+    return {"rows": _jsonable(list(rows)), "error": None, "estimators": list(estimators), "notes": notes,
+            "dims": list(dims), "n": n}
+
+
+RUNNERS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
+    "accuracy": run_accuracy, "scaling": run_scaling, "speed": run_speed, "downstream": run_downstream}
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison with an earlier run
+# ----------------------------------------------------------------------------------------------
+def flatten(result: dict[str, Any]) -> dict[tuple[str, str, str], float]:
+    """(cell, row label, figure) -> value for every numeric cell value of a suite result."""
+    flat = {}
+    for cell in result.get("cells") or []:
+        for row in cell["rows"].values():
+            for name, value in (row.get("values") or {}).items():
+                if isinstance(value, (int, float)) and row.get("status") == "ok":
+                    flat[(cell["cell"], row["label"], name)] = float(value)
+    return flat
+
+
+def compare(old: dict[str, Any], new: dict[str, Any], source: str) -> dict[str, Any]:
+    """Per-cell comparison of two results of the same suite (cells present in both)."""
+    before, after = flatten(old), flatten(new)
+    common = [key for key in after if key in before]
+    rows = [{"cell": c, "row": r, "figure": f, "old": before[(c, r, f)], "new": after[(c, r, f)],
+             "ratio": (after[(c, r, f)] / before[(c, r, f)]) if before[(c, r, f)] else None}
+            for c, r, f in common]
+    return {"against": source, "old_meta": old.get("meta", {}), "rows": rows,
+            "only_old": len(set(before) - set(after)), "only_new": len(set(after) - set(before))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown and plots
+# ----------------------------------------------------------------------------------------------
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if metric in ("relative_score_mse",):
+        return f"{100 * value:.3g} %"
+    return f"{value:.3g}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}×"
+
+
+def _short(error: str | None, limit: int = 90) -> str:
+    text = (error or "").replace("|", "/").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _header(meta: dict[str, Any]) -> str:
+    return (f"Command: `{meta.get('command')}` · commit `{meta.get('commit')}` · "
+            f"{meta.get('cpu_count')} CPUs (torch threads {meta.get('torch_threads')}) · "
+            f"torch {meta.get('torch')} · {meta.get('date')} · seed {meta.get('seed')}"
+            + (" · **quick**" if meta.get("quick") else ""))
+
+
+def _cell_text(row: dict[str, Any], metric: str) -> tuple[str, str]:
+    if row["status"] == "n/a":
+        return "n/a", ""
+    if row["status"] != "ok":
+        return f"failed: {_short(row.get('error'))}", ""
+    ratios = row.get("ratio_to_oracle_kde") or {}
+    return _fmt(row["values"].get(metric), metric), _ratio(ratios.get(metric))
+
+
+def render_accuracy(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cell in result["cells"]:
+        groups.setdefault(cell["group"], []).append(cell)
+    for group, cells in groups.items():
+        shown = cells[0]["shown"]
+        lines += [f"### {group}", "", f"Mean over {cells[0]['targets']} targets per cell, m = {cells[0]['m']} "
+                  f"queries per target; ×: ratio of the cell mean to the oracle-tuned KDE's.", ""]
+        head = ["cell", "estimator"] + [x for m in shown for x in (METRIC_TITLES[m], "× oracle KDE")] + ["s / target"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for cell in cells:
+            for row in cell["rows"].values():
+                texts = [t for m in shown for t in _cell_text(row, m)]
+                secs = f"{row['seconds']:.2g}" if row.get("seconds") is not None else ""
+                lines.append("| " + " | ".join([cell["cell"], row["label"], *texts, secs]) + " |")
+            for pub in cell.get("published", []):
+                texts = []
+                for m in shown:
+                    ratio = (pub.get("ratios") or {}).get(m)
+                    texts += [_fmt(pub["values"].get(m), m),
+                              f"{_ratio(ratio)} ({pub['ratio_note']})" if ratio is not None else "—"]
+                lines.append("| " + " | ".join([cell["cell"], pub["label"], *texts, ""]) + " |")
+        lines.append("")
+    checks = []
+    for cell in result["cells"]:
+        for key, figures in cell.get("reference", {}).items():
+            row = cell["rows"].get(key)
+            if row is None:  # that estimator was not run
+                continue
+            for metric, ref in figures.items():
+                measured = row["values"].get(metric) if row["status"] == "ok" else None
+                checks.append((cell["cell"], row["label"], metric, measured, ref))
+    if checks:
+        lines += ["### Check against the protocol's reference values", "",
+                  "| cell | estimator | figure | measured | protocol reference | measured / reference |",
+                  "|---|---|---|---|---|---|"]
+        for cell_label, label, metric, measured, ref in checks:
+            ratio = _ratio(measured / ref) if measured is not None else "—"
+            lines.append(f"| {cell_label} | {label} | {METRIC_TITLES[metric]} | {_fmt(measured, metric)} | "
+                         f"{_fmt(ref, metric)} | {ratio} |")
+        lines.append("")
+    return lines
+
+
+def _sweep_table(cells: list[dict[str, Any]], axis: str, metric: str,
+                 slopes: dict[str, float] | None = None, theory: float | None = None) -> list[str]:
+    keys = list(cells[0]["rows"])
+    head = ["estimator"] + [f"{axis}={c[axis]}" for c in cells] + (["slope"] if slopes is not None else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        texts = []
+        for cell in cells:
+            row = cell["rows"][key]
+            texts.append(_fmt(row["values"].get(metric), metric) if row["status"] == "ok"
+                         else ("n/a" if row["status"] == "n/a" else f"failed: {_short(row.get('error'), 40)}"))
+        if slopes is not None:
+            texts.append(f"{slopes[key]:.2f}" if key in slopes else "—")
+        lines.append("| " + " | ".join([cells[0]["rows"][key]["label"], *texts]) + " |")
+    if theory is not None:
+        lines.append("| KDE theory n^(-4/(d+6)) | " + " | ".join([""] * len(cells)) + f" | {theory:.2f} |")
+    return lines
+
+
+def render_scaling(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    cells = result["cells"]
+    for d in sorted({c["d"] for c in cells if c["group"] == "vs n"}):
+        sweep = [c for c in cells if c["group"] == "vs n" and c["d"] == d]
+        family = "P2-style targets (K = 2, no rotation)" if sweep[0]["family"] == "p2" else "GMM prior"
+        lines += [f"### Relative score MSE against n, d = {d} ({family}; {sweep[0]['targets']} targets per point)", ""]
+        lines += _sweep_table(sweep, "n", "relative_score_mse", result.get("slopes", {}).get(str(d), {}),
+                              result.get("kde_theory_slopes", {}).get(str(d)))
+        lines.append("")
+    sweep = [c for c in cells if c["group"] == "vs d"]
+    if sweep:
+        lines += [f"### Relative score MSE against d at n = {sweep[0]['n']} (GMM prior; "
+                  f"{sweep[0]['targets']} targets per point)", ""]
+        lines += _sweep_table(sweep, "d", "relative_score_mse") + [""]
+    return lines
+
+
+def render_speed(result: dict[str, Any]) -> list[str]:
+    lines = [f"Fit + evaluate with n = m; {result.get('dtype')}; evaluates {result.get('evaluates')}; "
+             f"time-out {result.get('timeout_seconds'):g} s per configuration, each in its own process "
+             f"(peak RSS includes the interpreter and the data). ×: time relative to the package's KDE "
+             f"in the same run.", ""]
+    cells = result["cells"]
+    for d in sorted({c["d"] for c in cells}):
+        sweep = [c for c in cells if c["d"] == d]
+        head = ["estimator"] + [f"n=m={c['n']}" for c in sweep]
+        lines += [f"### d = {d}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key in sweep[0]["rows"]:
+            texts = []
+            for cell in sweep:
+                row = cell["rows"][key]
+                if row["status"] == "ok":
+                    v = row["values"]
+                    texts.append(f"{v['seconds']:.3g} s ({_ratio(row.get('ratio_to_kde'))}), "
+                                 f"{v['peak_rss_mb']:.0f} MB")
+                else:
+                    texts.append(f"**{row['status']}**: {_short(row.get('error'), 60)}")
+            lines.append("| " + " | ".join([sweep[0]["rows"][key]["label"], *texts]) + " |")
+        lines.append("")
+    return lines
+
+
+def render_downstream(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    cells = result["cells"]
+    for d in sorted({c["d"] for c in cells}):
+        sweep = [c for c in cells if c["d"] == d]
+        lines += [f"### Integrated squared error of the density, d = {d} (GMM prior; "
+                  f"{sweep[0]['targets']} targets per point)", ""]
+        lines += _sweep_table(sweep, "n", "ise")
+        ratios = []
+        for key in sweep[0]["rows"]:
+            vals = [c["rows"][key].get("ratio_to_sdkde_empirical") for c in sweep]
+            ratios.append(f"{sweep[0]['rows'][key]['label']}: " + ", ".join(_ratio(v) for v in vals))
+        lines += ["", "ISE relative to SD-KDE (empirical score), by n: " + "; ".join(ratios), ""]
+    info = result.get("information") or {}
+    lines += ["### Entropy and Fisher information against exact values (disco_score.information)", ""]
+    if info.get("error"):
+        lines += [f"failed: {_short(info['error'], 300)}", ""]
+    elif info.get("rows"):
+        columns: list[str] = []
+        for row in info["rows"]:
+            columns += [k for k in row if k not in columns]
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in info["rows"]:
+            lines.append("| " + " | ".join(
+                f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in columns) + " |")
+        lines.append("")
+    else:
+        lines += ["(not run)", ""]
+    for note in info.get("notes") or []:
+        lines.append(f"- not included: {note}")
+    return lines
+
+
+RENDERERS = {"accuracy": render_accuracy, "scaling": render_scaling, "speed": render_speed,
+             "downstream": render_downstream}
+TITLES = {"accuracy": "Accuracy (protocols P1, P2, P3)", "scaling": "Scaling with n and d",
+          "speed": "Speed and memory", "downstream": "Downstream: SD-KDE, entropy, Fisher information"}
+
+
+def render_comparison(comparison: dict[str, Any]) -> list[str]:
+    old = comparison.get("old_meta", {})
+    lines = [f"#### Compared with `{comparison['against']}` (commit `{old.get('commit')}`, {old.get('date')})", "",
+             f"{len(comparison['rows'])} figures in both runs; {comparison['only_old']} only in the old run, "
+             f"{comparison['only_new']} only in this one.", "",
+             "| cell | estimator | figure | old | new | new / old |", "|---|---|---|---|---|---|"]
+    for r in comparison["rows"]:
+        lines.append(f"| {r['cell']} | {r['row']} | {r['figure']} | {r['old']:.4g} | {r['new']:.4g} | "
+                     f"{_ratio(r['ratio'])} |")
+    return lines + [""]
+
+
+def write_report(out_dir: Path) -> Path:
+    """Regenerate BENCHMARKS.md and docs/images/bench_*.png from every suite JSON in benchmarks/."""
+    path = out_dir / "BENCHMARKS.md"
+    lines = ["# Benchmarks", "",
+             "Generated by `python -m disco_score.bench` (also `disco-score bench`) from the JSON files in "
+             "`benchmarks/`; do not edit by hand. Definitions: the benchmark protocol "
+             "(GMM prior, P1/P2/P3, metrics, baselines). Every figure below comes from the run whose "
+             "command, commit, CPU count and date stand above its tables; figures labelled "
+             "\"published, not re-measured\" are quoted from the paper for orientation only.", ""]
+    for suite in SUITES:
+        file = out_dir / "benchmarks" / f"{suite}.json"
+        if not file.exists():
+            continue
+        result = json.loads(file.read_text())
+        lines += [f"## {TITLES[suite]}", "", _header(result.get("meta", {})), ""]
+        if result.get("status") != "ok":
+            lines += ["**Suite failed:**", "", "```", str(result.get("error", "")).strip()[-3000:], "```", ""]
+        else:
+            lines += RENDERERS[suite](result)
+            for image in _plot(suite, result, out_dir / "docs" / "images"):
+                lines += [f"![{suite}](docs/images/{image.name})", ""]
+        if result.get("comparison"):
+            lines += render_comparison(result["comparison"])
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _plot(suite: str, result: dict[str, Any], image_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'disco-score[bench]'); no plots")
+        return []
+    if not result.get("cells"):
+        return []
+    image_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        paths = PLOTTERS[suite](result, image_dir, plt)
+    except Exception:  # a broken plot must not lose the tables
+        logger.exception("plotting the %s suite failed", suite)
+        return []
+    finally:
+        plt.close("all")
+    return paths
+
+
+def _plot_accuracy(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    panels = [m for m in METRICS if any(m in c["shown"] for c in result["cells"])]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], panels):
+        cells = [c for c in result["cells"] if metric in c["shown"]]
+        keys = [k for k in cells[0]["rows"] if k != ORACLE_KDE]
+        width = 0.8 / max(1, len(keys))
+        for j, key in enumerate(keys):
+            heights = [((c["rows"][key].get("ratio_to_oracle_kde") or {}).get(metric) or np.nan) for c in cells]
+            ax.bar(np.arange(len(cells)) + j * width, heights, width, label=cells[0]["rows"][key]["label"])
+        ax.axhline(1.0, color="k", lw=1, ls="--", label="KDE (oracle-tuned)")
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(cells)) + 0.4 - width / 2, [c["cell"] for c in cells], rotation=15, fontsize=8)
+        ax.set_ylabel(f"{METRIC_TITLES[metric]} / oracle-tuned KDE")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Accuracy relative to oracle-tuned KDE (lower is better)")
+    fig.tight_layout()
+    path = image_dir / "bench_accuracy.png"
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
+def _plot_scaling(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    metric = "relative_score_mse"
+    cells = result["cells"]
+    dims = sorted({c["d"] for c in cells if c["group"] == "vs n"})
+    paths = []
+    if dims:
+        fig, axes = plt.subplots(1, len(dims), figsize=(4.6 * len(dims), 4), squeeze=False)
+        for ax, d in zip(axes[0], dims):
+            sweep = [c for c in cells if c["group"] == "vs n" and c["d"] == d]
+            slopes = result.get("slopes", {}).get(str(d), {})
+            for key in sweep[0]["rows"]:
+                pts = [(c["n"], c["rows"][key]["values"][metric]) for c in sweep if c["rows"][key]["status"] == "ok"]
+                if pts:
+                    label = sweep[0]["rows"][key]["label"] + (f" (slope {slopes[key]:.2f})" if key in slopes else "")
+                    ax.loglog(*zip(*pts), marker="o", label=label)
+            anchor = next((c["rows"][k]["values"][metric] for k in (ORACLE_KDE, "kde-scott") for c in sweep[:1]
+                           if k in c["rows"] and c["rows"][k]["status"] == "ok"), None)
+            if anchor is not None:
+                ns = np.array([c["n"] for c in sweep], dtype=float)
+                rate = -4.0 / (d + 6)
+                ax.loglog(ns, anchor * (ns / ns[0]) ** rate, "k--", lw=1, label=f"n^(-4/(d+6)) = n^{rate:.2f}")
+            ax.set_title(f"d = {d}")
+            ax.set_xlabel("n")
+            ax.set_ylabel(METRIC_TITLES[metric])
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(image_dir / "bench_scaling_n.png")
+        fig.savefig(paths[-1], dpi=110)
+    sweep = [c for c in cells if c["group"] == "vs d"]
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sweep[0]["rows"]:
+            pts = [(c["d"], c["rows"][key]["values"][metric]) for c in sweep if c["rows"][key]["status"] == "ok"]
+            if pts:
+                ax.semilogx(*zip(*pts), marker="o", label=sweep[0]["rows"][key]["label"])
+        ax.set_xlabel("d")
+        ax.set_ylabel(METRIC_TITLES[metric])
+        ax.set_title(f"n = {sweep[0]['n']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(image_dir / "bench_scaling_d.png")
+        fig.savefig(paths[-1], dpi=110)
+    return paths
+
+
+def _plot_speed(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    cells = result["cells"]
+    dims = sorted({c["d"] for c in cells})
+    fig, axes = plt.subplots(2, len(dims), figsize=(4.6 * len(dims), 7), squeeze=False)
+    for col, d in enumerate(dims):
+        sweep = [c for c in cells if c["d"] == d]
+        for key in sweep[0]["rows"]:
+            ok = [c for c in sweep if c["rows"][key]["status"] == "ok"]
+            label = sweep[0]["rows"][key]["label"]
+            if ok:
+                ns = [c["n"] for c in ok]
+                axes[0, col].loglog(ns, [c["rows"][key]["values"]["seconds"] for c in ok], marker="o", label=label)
+                axes[1, col].loglog(ns, [c["rows"][key]["values"]["peak_rss_mb"] for c in ok], marker="o", label=label)
+            timed_out = [c["n"] for c in sweep if c["rows"][key]["status"] in ("timeout", "oom")]
+            if timed_out:
+                axes[0, col].scatter(timed_out, [result["timeout_seconds"]] * len(timed_out), marker="x", color="r")
+        axes[0, col].set_title(f"d = {d} (x: time-out / OOM)")
+        axes[0, col].set_ylabel("fit + evaluate [s]")
+        axes[1, col].set_ylabel("peak RSS [MB]")
+        axes[1, col].set_xlabel("n = m")
+        axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    path = image_dir / "bench_speed.png"
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
+def _plot_downstream(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    cells = result["cells"]
+    dims = sorted({c["d"] for c in cells})
+    if not dims:
+        return []
+    fig, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
+    for ax, d in zip(axes[0], dims):
+        sweep = [c for c in cells if c["d"] == d]
+        for key in sweep[0]["rows"]:
+            pts = [(c["n"], c["rows"][key]["values"]["ise"]) for c in sweep if c["rows"][key]["status"] == "ok"]
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", label=sweep[0]["rows"][key]["label"])
+        ax.set_title(f"density ISE, d = {d}")
+        ax.set_xlabel("n")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = image_dir / "bench_downstream.png"
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
+PLOTTERS = {"accuracy": _plot_accuracy, "scaling": _plot_scaling, "speed": _plot_speed,
+            "downstream": _plot_downstream}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: numpy/torch scalars to Python, non-finite floats to strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    known = sorted(set(ESTIMATORS) | set(SPEED_ESTIMATORS))
+    parser = argparse.ArgumentParser(
+        prog="python -m disco_score.bench",
+        description="Benchmarks of disco-score against classical baselines; writes benchmarks/<suite>.json, "
+                    "BENCHMARKS.md and docs/images/bench_*.png under --out-dir.")
+    parser.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1-2 targets per cell (smoke test)")
+    parser.add_argument("--out-dir", type=Path, default=Path("."), help="where benchmarks/, BENCHMARKS.md and "
+                        "docs/images/ go (default: the current directory)")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
+                        help="an earlier benchmarks/<suite>.json to compare this run's same suite with")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--estimators", nargs="+", default=None, metavar="KEY",
+                        help=f"rows to run (each suite takes those it knows); keys: {', '.join(known)}")
+    parser.add_argument("--only", default=None, metavar="REGEX",
+                        help="run only the cells whose label matches (e.g. 'P1 d=2', 'speed d=2 n=1024')")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="speed suite: seconds per configuration (default 300, quick 60)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    prog = "disco-score bench" if Path(sys.argv[0]).name == "disco-score" else "python -m disco_score.bench"
+    return " ".join([prog, *map(shlex.quote, argv)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen suite(s), write JSON and regenerate BENCHMARKS.md and plots.
+
+    Returns 0 when every suite ran (rows that failed are recorded in the results, not raised),
+    1 if a whole suite failed.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    known = set(ESTIMATORS) | set(SPEED_ESTIMATORS)
+    unknown = [key for key in args.estimators or [] if key not in known]
+    if unknown:
+        parser.error(f"unknown estimator key(s) {unknown}; choose from {sorted(known)}")
+    if args.only is not None:
+        try:
+            re.compile(args.only)
+        except re.error as exc:
+            parser.error(f"--only is not a valid regular expression: {exc}")
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error("--timeout must be a positive number of seconds")
+    old = None
+    if args.compare is not None:
+        try:
+            old = json.loads(args.compare.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"--compare: cannot read {args.compare}: {exc}")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+    opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
+                   timeout=args.timeout, progress=not args.no_progress)
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    (args.out_dir / "benchmarks").mkdir(parents=True, exist_ok=True)
+    command = _command_line(argv)
+    logger.info("%s\nseed %d (per-target seeds: crc32 of 'seed/family/d/index[/n]', recorded in the JSON)",
+                command, opts.seed)
+    ctx = Context()
+    failed = []
+    for suite in suites:
+        meta = run_metadata(command, opts.seed, opts.quick)
+        meta["estimators"] = opts.rows(suite)
+        start = time.perf_counter()
+        logger.info("== %s ==", suite)
+        try:
+            result: dict[str, Any] = {"status": "ok", **RUNNERS[suite](opts, ctx)}
+        except Exception:
+            logger.exception("suite %s failed", suite)
+            result = {"status": "failed", "error": traceback.format_exc()}
+            failed.append(suite)
+        result = {"suite": suite, "meta": meta, "seconds": time.perf_counter() - start, **result}
+        if old is not None:
+            if old.get("suite") == suite:
+                result["comparison"] = compare(old, result, str(args.compare))
+                for line in render_comparison(result["comparison"]):
+                    logger.info("%s", line)
+            elif len(suites) == 1:
+                logger.warning("--compare file holds suite %r, not %r: nothing compared", old.get("suite"), suite)
+        out = args.out_dir / "benchmarks" / f"{suite}.json"
+        out.write_text(json.dumps(_jsonable(result), indent=1, allow_nan=False) + "\n")
+        logger.info("%s suite: %.0f s, wrote %s", suite, result["seconds"], out)
+    report = write_report(args.out_dir)
+    logger.info("wrote %s", report)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

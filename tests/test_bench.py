@@ -1,0 +1,219 @@
+"""The benchmark harness: quick runs on KDE rows only, into a temporary directory.
+
+Checks the JSON and markdown structure, that failures are recorded rather than raised, that
+--compare works, that the oracle-tuned KDE never loses to Scott's KDE (its grid contains Scott's
+bandwidth), and the grid ISE against the closed form for Gaussian mixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disco_score import KDE, bench
+from disco_score.targets import GaussianMixture
+
+KDE_ROWS = ["kde-scott", "kde-oracle"]
+
+
+def _run(tmp_path: Path, *args: str) -> int:
+    return bench.main([*args, "--out-dir", str(tmp_path), "--no-progress"])
+
+
+def _load(tmp_path: Path, suite: str) -> dict:
+    return json.loads((tmp_path / "benchmarks" / f"{suite}.json").read_text())
+
+
+def _broken(problem: bench.Problem, ctx: bench.Context):
+    raise RuntimeError("injected failure")
+
+
+@pytest.fixture
+def broken_row(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(bench.ESTIMATORS, "broken", bench.RowSpec("broken", "Broken estimator", fit=_broken))
+    return "broken"
+
+
+def test_quick_accuracy_structure_failures_and_compare(tmp_path: Path, broken_row: str) -> None:
+    only = "^P1 d=2 |P3 Student-t"
+    rc = _run(tmp_path, "accuracy", "--quick", "--estimators", *KDE_ROWS, broken_row, "--only", only)
+    assert rc == 0  # a failing row is recorded, not raised
+    result = _load(tmp_path, "accuracy")
+    assert result["suite"] == "accuracy" and result["status"] == "ok"
+    meta = result["meta"]
+    assert meta["seed"] == 0 and meta["quick"] is True and meta["cpu_count"] >= 1
+    assert meta["command"].startswith("python -m disco_score.bench accuracy --quick")
+    assert meta["commit"] and meta["torch"] == torch.__version__
+    assert [c["cell"] for c in result["cells"]] == ["P1 d=2 n=256", "P3 Student-t d=2 n=128"]
+
+    for cell in result["cells"]:
+        rows = cell["rows"]
+        assert set(rows) == {"kde-scott", "kde-oracle", "broken"}
+        assert len(cell["seeds"]) == cell["targets"] and cell["m"] == 1024
+        scott, tuned = rows["kde-scott"], rows["kde-oracle"]
+        assert scott["status"] == tuned["status"] == "ok"
+        for metric in bench.METRICS:
+            # Scott's bandwidth with the full kernel is on the oracle's grid: never worse, per target.
+            assert tuned["values"][metric] <= scott["values"][metric] * (1 + 1e-12)
+            for s_t, o_t in zip(scott["per_target"], tuned["per_target"]):
+                assert o_t[metric] <= s_t[metric] * (1 + 1e-12)
+            assert tuned["ratio_to_oracle_kde"][metric] == pytest.approx(1.0)
+            assert scott["ratio_to_oracle_kde"][metric] == pytest.approx(
+                scott["values"][metric] / tuned["values"][metric])
+            # the cell is the mean over targets of the per-target figure
+            assert scott["values"][metric] == pytest.approx(np.mean([t[metric] for t in scott["per_target"]]))
+        assert rows["broken"]["status"] == "failed"
+        assert "RuntimeError: injected failure" in rows["broken"]["error"]
+        assert rows["broken"]["values"] is None
+    assert result["cells"][0]["published"] and result["cells"][0]["reference"]["kde-oracle"]
+
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Accuracy" in md and "Command: `python -m disco_score.bench accuracy --quick" in md
+    assert "failed: 2/2 targets failed; first: RuntimeError: injected failure" in md
+    assert "published, not re-measured" in md and "protocol reference" in md
+    assert (tmp_path / "docs" / "images" / "bench_accuracy.png").stat().st_size > 1000
+    assert "![accuracy](docs/images/bench_accuracy.png)" in md
+
+    # Same seed again: every figure reproduces exactly; --compare records the per-cell ratios.
+    old = tmp_path / "old.json"
+    shutil.copy(tmp_path / "benchmarks" / "accuracy.json", old)
+    assert _run(tmp_path, "accuracy", "--quick", "--estimators", *KDE_ROWS, "--only", only,
+                "--compare", str(old)) == 0
+    comparison = _load(tmp_path, "accuracy")["comparison"]
+    assert comparison["against"] == str(old) and len(comparison["rows"]) == 2 * 2 * 3
+    assert all(r["ratio"] == pytest.approx(1.0, rel=1e-12) for r in comparison["rows"])
+    assert "Compared with" in (tmp_path / "BENCHMARKS.md").read_text()
+
+    # Another seed draws other targets.
+    assert _run(tmp_path, "accuracy", "--quick", "--estimators", "kde-scott", "--only", "^P1 d=2 ",
+                "--seed", "1", "--compare", str(old)) == 0
+    other = _load(tmp_path, "accuracy")
+    assert all(abs(r["ratio"] - 1.0) > 1e-6 for r in other["comparison"]["rows"])
+
+
+def test_failed_suite_is_recorded_and_the_run_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(opts: bench.Options, ctx: bench.Context) -> dict:
+        raise ValueError("suite exploded")
+
+    monkeypatch.setitem(bench.RUNNERS, "accuracy", explode)
+    monkeypatch.setitem(bench.RUNNERS, "speed", lambda opts, ctx: {"cells": [], "timeout_seconds": 1.0})
+    monkeypatch.setitem(bench.RUNNERS, "scaling", lambda opts, ctx: {"cells": []})
+    monkeypatch.setitem(bench.RUNNERS, "downstream", lambda opts, ctx: {"cells": [], "information": {}})
+    assert _run(tmp_path, "all", "--quick") == 1
+    failed = _load(tmp_path, "accuracy")
+    assert failed["status"] == "failed" and "ValueError: suite exploded" in failed["error"]
+    for suite in ("scaling", "speed", "downstream"):
+        assert _load(tmp_path, suite)["status"] == "ok"
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "**Suite failed:**" in md and "suite exploded" in md and "## Speed and memory" in md
+
+
+def test_scaling_quick_slopes(tmp_path: Path) -> None:
+    assert _run(tmp_path, "scaling", "--quick", "--estimators", *KDE_ROWS, "--only", "^vs n d=2 ") == 0
+    result = _load(tmp_path, "scaling")
+    cells = result["cells"]
+    assert [c["n"] for c in cells] == [256, 1024, 4096] and {c["d"] for c in cells} == {2}
+    errors = [c["rows"]["kde-oracle"]["values"]["relative_score_mse"] for c in cells]
+    expected = np.polyfit(np.log([256, 1024, 4096]), np.log(errors), 1)[0]
+    assert result["slopes"]["2"]["kde-oracle"] == pytest.approx(expected)
+    assert result["slopes"]["2"]["kde-oracle"] < 0  # more samples, smaller error
+    assert result["kde_theory_slopes"]["2"] == pytest.approx(-0.5)
+    assert (tmp_path / "docs" / "images" / "bench_scaling_n.png").exists()
+    assert "n^(-4/(d+6))" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_speed_subprocess_records_time_memory_and_timeouts(tmp_path: Path) -> None:
+    # A generous time-out: the machine may be shared; only the marking of time-outs is tested below.
+    assert _run(tmp_path, "speed", "--quick", "--estimators", "kde-scott", "scipy-kde",
+                "--only", "^speed d=2 ", "--timeout", "900") == 0
+    (cell,) = _load(tmp_path, "speed")["cells"]
+    assert (cell["d"], cell["n"], cell["m"]) == (2, 1024, 1024)
+    for key in ("kde-scott", "scipy-kde"):
+        row = cell["rows"][key]
+        assert row["status"] == "ok", row["error"]
+        values = row["values"]
+        assert values["seconds"] == pytest.approx(values["fit_seconds"] + values["eval_seconds"])
+        assert values["peak_rss_mb"] >= values["rss_before_mb"] > 10
+    assert cell["rows"]["kde-scott"]["ratio_to_kde"] == pytest.approx(1.0)
+    timed_out = bench.run_speed_config({"estimator": "kde-scott", "d": 2, "n": 256, "seed": 0}, timeout=0.01)
+    assert timed_out["status"] == "timeout" and "time-out" in timed_out["error"]
+    assert "d = 2" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_integrated_squared_error_matches_closed_form() -> None:
+    # For two Gaussian mixtures the ISE is exact: sum_ij a_i b_j N(mu_i - nu_j; 0, S_i + T_j) terms.
+    problem = bench.make_problem("gmm", 1, 64, 0, seed=3, m=8)
+    oracle = KDE().fit(problem.samples)
+    got = bench.integrated_squared_error(oracle, problem)["ise"]
+
+    def cross(w1, m1, v1, w2, m2, v2) -> float:
+        var = v1[:, None] + v2[None, :]
+        gauss = np.exp(-0.5 * (m1[:, None] - m2[None, :]) ** 2 / var) / np.sqrt(2 * math.pi * var)
+        return float(w1 @ gauss @ w2)
+
+    target = problem.target
+    w_t, m_t, v_t = (target.weights.numpy(), target.means[:, 0].numpy(), target.covariances[:, 0, 0].numpy())
+    n = problem.samples.shape[0]
+    w_k = np.full(n, 1.0 / n)
+    m_k, v_k = problem.samples[:, 0].numpy(), np.full(n, float(oracle.kernel_covariance[0, 0]))
+    exact = cross(w_k, m_k, v_k, w_k, m_k, v_k) - 2 * cross(w_k, m_k, v_k, w_t, m_t, v_t) \
+        + cross(w_t, m_t, v_t, w_t, m_t, v_t)
+    assert got == pytest.approx(exact, rel=1e-4)
+
+
+def test_downstream_quick_records_ise_and_information(tmp_path: Path) -> None:
+    assert _run(tmp_path, "downstream", "--quick", "--estimators", "kde-scott", "sdkde-empirical",
+                "sdkde-exact", "--only", "^ISE d=1 ") == 0
+    result = _load(tmp_path, "downstream")
+    (cell,) = result["cells"]
+    assert cell["d"] == 1 and set(cell["rows"]) == {"kde-scott", "sdkde-empirical", "sdkde-exact"}
+    assert all(row["status"] == "ok" and row["values"]["ise"] > 0 for row in cell["rows"].values())
+    assert cell["rows"]["sdkde-empirical"]["ratio_to_sdkde_empirical"] == pytest.approx(1.0)
+    assert result["information"] == {"rows": [], "error": None, "estimators": []}  # not selected by --only
+
+
+def test_em_row_recovers_a_separated_mixture() -> None:
+    weights = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    means = torch.tensor([[-3.0, 0.0], [3.0, 1.0]], dtype=torch.float64)
+    covs = torch.tensor([[[0.5, 0.1], [0.1, 0.4]], [[0.8, 0.0], [0.0, 0.3]]], dtype=torch.float64)
+    target = GaussianMixture(weights, means, covs)
+    gen = torch.Generator().manual_seed(0)
+    queries = bench.draw(target, 512, gen)
+    problem = bench.Problem(target, bench.draw(target, 4096, gen), queries, target.log_prob_t(queries),
+                            target.score_t(queries), 0, 0)
+    em = bench.ESTIMATORS["em"].fit(problem, bench.Context())  # type: ignore[misc]
+    figures = bench.query_metrics(em, problem)
+    assert figures["relative_score_mse"] < 0.02 and figures["log_density_mse"] < 0.01
+    laplace = bench.make_problem("laplace", 2, 64, 0, seed=0, m=8)
+    assert not bench.ESTIMATORS["em"].applies(laplace)
+
+
+def test_problems_are_seeded_and_share_targets_across_n() -> None:
+    small, large = bench.make_problem("gmm", 3, 100, 2, seed=5), bench.make_problem("gmm", 3, 300, 2, seed=5)
+    again = bench.make_problem("gmm", 3, 100, 2, seed=5)
+    assert torch.equal(small.samples, again.samples) and small.samples.dtype == torch.float64
+    assert torch.equal(small.queries, large.queries) and small.queries.shape == (1024, 3)
+    assert not torch.equal(small.samples, large.samples[:100])
+    assert torch.allclose(small.true_score, small.target.score_t(small.queries))
+    assert bench.draw(bench.make_target("p2", 100, torch.Generator().manual_seed(0)), 3000,
+                      torch.Generator().manual_seed(1)).shape == (3000, 100)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["accuracy", "--estimators", "nope"], "unknown estimator"),
+    (["accuracy", "--only", "("], "regular expression"),
+    (["speed", "--timeout", "0"], "--timeout"),
+    (["accuracy", "--compare", "/nonexistent/old.json"], "--compare"),
+    (["fastest"], "invalid choice"),
+])
+def test_bad_arguments_are_refused(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
