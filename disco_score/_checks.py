@@ -35,7 +35,14 @@ def _to_tensor(value: ArrayLike, name: str) -> tuple[torch.Tensor, bool]:
             raise TypeError(f"{name} must be real-valued, got dtype {array.dtype}")
         if array.dtype == np.float16:
             raise TypeError(f"{name} has dtype float16, which is too coarse for log-densities; cast to float32 or float64")
-        tensor, is_torch = torch.from_numpy(np.ascontiguousarray(array)), False
+        if not array.dtype.isnative:  # big-endian data from files: torch only takes native order
+            array = array.astype(array.dtype.newbyteorder("="))
+        try:
+            # (ascontiguousarray would turn a 0-d scalar into shape (1,), hiding a rank error)
+            tensor, is_torch = torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape)), False
+        except TypeError as exc:  # e.g. longdouble, which torch has no dtype for
+            raise TypeError(f"{name} has dtype {array.dtype}, which torch does not support; "
+                            f"cast to float32 or float64") from exc
     if tensor.dtype in _REFUSED_DTYPES:
         raise TypeError(f"{name} has dtype {tensor.dtype}, which is too coarse for log-densities; cast to float32 or float64")
     if tensor.dtype == torch.bool:

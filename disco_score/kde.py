@@ -66,12 +66,14 @@ def gaussian_kernel_sums(y: torch.Tensor, centres: torch.Tensor, log_weights: to
         run_mean = torch.zeros(yq.shape[0], d, dtype=dtype, device=y.device) if want_mean else None
         for j0 in range(0, n, c_block):
             cj = centres[j0:j0 + c_block]
-            # -|y - c|^2 / 2 = y.c - |y|^2/2 - |c|^2/2, clamped at 0 against cancellation
-            logits = torch.clamp(yq @ cj.T - y_sq - c_sq[j0:j0 + c_block], max=0.0) + lw[j0:j0 + c_block]
+            # -|y - c|^2 / 2 = y.c - |y|^2/2 - |c|^2/2, clamped at 0 against cancellation.
+            # In place on one (q_block, c_block) buffer: this loop is memory-bound.
+            logits = torch.addmm(c_sq[j0:j0 + c_block], yq, cj.T, beta=-1.0)
+            logits.sub_(y_sq).clamp_(max=0.0).add_(lw[j0:j0 + c_block])
             new_max = torch.maximum(run_max, logits.max(1).values)
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             rescale = torch.exp(run_max - safe_max)
-            p = torch.exp(logits - safe_max[:, None])
+            p = logits.sub_(safe_max[:, None]).exp_()
             run_sum = run_sum * rescale + p.sum(1)
             if run_mean is not None:
                 run_mean = run_mean * rescale[:, None] + p @ cj
@@ -93,24 +95,28 @@ class KDEOracle(Oracle):
 
     def __init__(self, samples: torch.Tensor, kernel_covariance: torch.Tensor, bandwidth: float,
                  log_weights: torch.Tensor | None = None) -> None:
-        self.samples = samples
+        # Own copies: validated samples may be views of the caller's array, and the oracle is immutable.
+        self.samples = samples.clone()
         self.dim = int(samples.shape[1])
         self.compute_dtype = samples.dtype
         self.device = samples.device
-        self.kernel_covariance = kernel_covariance
+        self.kernel_covariance = kernel_covariance.clone()
         self.bandwidth = float(bandwidth)
-        self._kernel = Whitening.from_covariance(kernel_covariance, name="the kernel covariance")
+        # Whiten about the sample mean: the kernel sums expand |z - c|^2 = |z|^2 - 2 z.c + |c|^2,
+        # which cancels catastrophically when the data sit far from the origin.
+        self._kernel = Whitening.from_covariance(kernel_covariance, samples.to(torch.float64).mean(0),
+                                                 name="the kernel covariance")
         n = samples.shape[0]
         if log_weights is None:
             log_weights = torch.full((n,), -math.log(n), dtype=torch.float64, device=samples.device)
-        self.log_weights = log_weights
-        self._centres = (samples.to(torch.float64) @ self._kernel.matrix).to(samples.dtype)
+        self.log_weights = log_weights.clone()
+        self._centres = self._kernel.forward(samples)
         self._freeze()
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = self._kernel.matrix.to(y.dtype)
-        z = y @ w
+        z = self._kernel.forward(y)
         lse, mean = gaussian_kernel_sums(z, self._centres, self.log_weights, want_mean=want_score)
         log_p = self._kernel.log_density_out(lse - 0.5 * self.dim * math.log(2 * math.pi))
         score = None if mean is None else (mean.to(y.dtype) - z) @ w
@@ -171,7 +177,8 @@ def loo_cv_factor(samples: torch.Tensor, covariance: torch.Tensor, kernel: Kerne
     scott = n ** (-1.0 / (d + 4))
     grid = scott * (np.logspace(-1.0, 0.5, 24) if factors is None else np.asarray(factors))
     unit = Whitening.from_covariance(_kernel_covariance(covariance, 1.0, kernel))
-    z = (samples.to(torch.float64) @ unit.matrix)
+    x64 = samples.to(torch.float64)
+    z = (x64 - x64.mean(0)) @ unit.matrix  # centred, against cancellation in the kernel sums
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n, generator=gen)[:max_eval].to(samples.device)
     zq = z[idx]

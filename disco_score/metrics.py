@@ -38,7 +38,10 @@ def score_mse(estimate: ArrayLike, truth: ArrayLike) -> float:
 def relative_score_mse(estimate: ArrayLike, truth: ArrayLike) -> float:
     """``sum |s_hat - s|^2 / sum |s|^2`` over queries (a zero predictor scores 1)."""
     est, tru = _pair(estimate, truth, 2)
-    return float(((est - tru) ** 2).sum() / (tru ** 2).sum())
+    norm = (tru ** 2).sum()
+    if not norm > 0:
+        raise ValueError("truth is identically zero, so the relative score MSE is undefined (0/0)")
+    return float(((est - tru) ** 2).sum() / norm)
 
 
 def log_density_mse(estimate: ArrayLike, truth: ArrayLike) -> float:

@@ -66,14 +66,19 @@ class GaussianMixture(Target):
             raise ValueError(f"inconsistent shapes: weights {tuple(weights.shape)}, means "
                              f"{tuple(means.shape)}, covariances {tuple(covariances.shape)}")
         dtype = torch.promote_types(means.dtype, torch.float32)
-        self.weights = weights.to(dtype)
-        self.means = means.to(dtype)
-        self.covariances = covariances.to(dtype)
+        # Copies: the target is immutable even if the caller later edits its tensors in place.
+        self.weights = weights.to(dtype, copy=True)
+        self.means = means.to(dtype, copy=True)
+        self.covariances = covariances.to(dtype, copy=True)
         self.batch_shape = tuple(means.shape[:-2])
         self.dim = int(means.shape[-1])
         self.compute_dtype = dtype
         self.device = means.device
-        self._chol = torch.linalg.cholesky(self.covariances)
+        if not bool((self.weights >= 0).all()) or not bool(torch.isfinite(self.weights).all()):
+            raise ValueError("weights must be finite and non-negative")
+        self._chol, info = torch.linalg.cholesky_ex(self.covariances)
+        if bool((info != 0).any()):
+            raise ValueError("covariances must be symmetric positive definite (Cholesky failed)")
         self._log_weights = torch.log(self.weights)  # -inf for padding
         self._log_norm = (torch.log(torch.diagonal(self._chol, dim1=-2, dim2=-1)).sum(-1)
                           + 0.5 * self.dim * math.log(2 * math.pi))
@@ -129,7 +134,9 @@ class ProductLaplace(Target):
         return -torch.sign(x - self.loc) / self.scale
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype) - 0.5
+        u = torch.rand(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
+        # rand can return exactly 0, where the inverse CDF below is -inf: keep u - 1/2 > -1/2.
+        u = u.clamp(min=torch.finfo(self.compute_dtype).eps) - 0.5
         return self.loc - self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
 
 
@@ -247,7 +254,9 @@ def random_gmm(dim: int, batch: int | None = None, n_components: int | tuple[int
         raise ValueError(f"n_components must be a positive int or a range (lo, hi) with 1 <= lo <= hi; got {n_components}")
     ks = torch.randint(lo, hi + 1, (b,), generator=generator)
     k_max = int(ks.max())
-    expo = -torch.log(torch.rand(b, k_max, generator=generator, dtype=dtype))
+    # Exponential(1) draws; rand can return exactly 0 (once in 2^24 draws in float32), whose log is -inf.
+    uniform = torch.rand(b, k_max, generator=generator, dtype=dtype).clamp(min=torch.finfo(dtype).tiny)
+    expo = -torch.log(uniform)
     mask = torch.arange(k_max)[None, :] < ks[:, None]
     expo = torch.where(mask, expo, torch.zeros_like(expo))
     weights = expo / expo.sum(1, keepdim=True)

@@ -48,8 +48,9 @@ class Whitening:
             rank = int((evals > RANK_TOLERANCE * top).sum())
             raise ValueError(
                 f"{name} is rank-deficient: the samples span only {rank} of {cov.shape[0]} dimensions "
-                f"(points on a lower-dimensional subspace, a constant coordinate, or fewer points than "
-                f"dimensions); drop or combine the redundant coordinates first")
+                f"(points on a lower-dimensional subspace, a constant coordinate, fewer points than "
+                f"dimensions, or coordinates on scales more than ~1e5 apart); drop or combine the "
+                f"redundant coordinates, or standardise them, first")
         inv_sqrt = evecs * evals.rsqrt()
         matrix = inv_sqrt @ evecs.T
         inverse = (evecs * evals.sqrt()) @ evecs.T
