@@ -281,6 +281,7 @@ class LocalGaussianHead(nn.Module):
         acc1 = queries.new_zeros(B, G, m, d)
         acc2 = queries.new_zeros(B, G, m, d, d)
         n = z.shape[1]
+        key_block = max(64, min(key_block, (1 << 24) // (d * d)))  # bounds the (block, d, d) outer products
         for j0 in range(0, n, key_block):
             zb = z[:, None, j0:j0 + key_block]  # (B, 1, nb, d)
             z_sq = (zb * zb).sum(-1)[:, :, None, :]
@@ -292,8 +293,8 @@ class LocalGaussianHead(nn.Module):
             acc0 = acc0 * rescale + p.sum(-1)
             acc_sq = acc_sq * rescale ** 2 + (p * p).sum(-1)
             acc1 = acc1 * rescale[..., None] + p @ zb
-            pz = p[..., None] * zb[:, :, None]  # (B, G, m, nb, d)
-            acc2 = acc2 * rescale[..., None, None] + pz.transpose(-1, -2) @ zb[:, :, None]
+            outer = (zb[..., :, None] * zb[..., None, :]).flatten(-2)  # (B, 1, nb, d*d)
+            acc2 = acc2 * rescale[..., None, None] + (p @ outer).view(B, G, m, d, d)
             run_max = new_max
         mean = acc1 / acc0[..., None]
         cov = acc2 / acc0[..., None, None] - mean[..., :, None] * mean[..., None, :]
