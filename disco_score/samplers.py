@@ -1,0 +1,697 @@
+"""Sampling with no training: Langevin, MALA, annealed Langevin and reverse diffusion.
+
+Every sampler here is driven by an :class:`~disco_score.base.Oracle`, so the score can come from a
+KDE, from DiScoFormer, or from an exact target. The noise-conditional samplers use
+``oracle.smoothed(sigma)``, the score of the data distribution convolved with ``N(0, sigma^2 I)``:
+that is what a diffusion model learns, here obtained without training.
+
+The pieces follow BlackJAX: each method has a small ``NamedTuple`` state, pure ``*_init`` and
+``*_step`` functions (a step returns a new state and a per-step info tuple; nothing is mutated),
+and :func:`run_chain` is the loop (with a tqdm bar). The one-call entry points
+:func:`langevin`, :func:`mala`, :func:`annealed_langevin` and :func:`reverse_diffusion` compose them
+and return ``(samples, info)``. Chains are batched: positions have shape (m, d), one row per chain.
+Arrays come back in the caller's kind (numpy in, numpy out; torch in, torch out) and dtype.
+
+Step-size conventions (units of x squared):
+
+* :func:`langevin` / :func:`mala` use BlackJAX's ``x' = x + tau * s(x) + sqrt(2 tau) z``.
+* :func:`annealed_langevin` uses NCSN's (Song & Ermon 2019) ``x' = x + alpha_i / 2 * s_i(x) +
+  sqrt(alpha_i) z`` with ``alpha_i = eps * sigma_i^2 / sigma_L^2``.
+
+Sample quality: :func:`energy_distance` between two sample sets and :func:`memorization_fraction`
+(how often generated points copy the training data).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._checks import ArrayLike, Queries, _to_tensor, as_queries, as_samples, check_int, check_positive
+from .base import Estimator, Oracle, as_oracle, resolve_oracle
+
+logger = logging.getLogger(__name__)
+
+State = TypeVar("State", bound=tuple)
+Info = TypeVar("Info", bound=tuple)
+#: ``step(state, generator) -> (new_state, info)``: one transition of a batched chain
+StepFn = Callable[[State, "torch.Generator | None"], "tuple[State, Info]"]
+
+#: pairs of points per block in the pairwise-distance sums (2^22 float64 distances: 32 MB)
+_PAIR_BLOCK = 1 << 22
+#: points used to estimate the data's largest pairwise distance
+_RANGE_SUBSET = 2000
+
+
+# -- small shared helpers -------------------------------------------------------------------------
+
+def _check_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    return generator
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the generator's device."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+def _rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+def _check_chains(x: torch.Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x).all(1)).sum())
+        raise ValueError(f"{bad} chain(s) diverged (non-finite positions); reduce the step size")
+
+
+def _score(oracle: Oracle, x: torch.Tensor) -> torch.Tensor:
+    """(m, d) score as a tensor in ``x``'s dtype and device."""
+    _check_chains(x)
+    return torch.as_tensor(oracle.score(x)).to(dtype=x.dtype, device=x.device)
+
+
+def _log_density_and_score(oracle: Oracle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_chains(x)
+    log_p, score = oracle.log_density_and_score(x)
+    return (torch.as_tensor(log_p).to(dtype=x.dtype, device=x.device),
+            torch.as_tensor(score).to(dtype=x.dtype, device=x.device))
+
+
+def _restorer(value: ArrayLike, name: str) -> tuple[torch.Tensor, Queries]:
+    """Validate an (n, d) array and return it as a tensor plus the recipe to hand results back."""
+    tensor = as_samples(value, name, min_samples=1)
+    _, is_torch = _to_tensor(value, name)
+    return tensor, Queries(tensor, single=False, is_torch=is_torch, dtype=tensor.dtype, device=tensor.device)
+
+
+# -- quality of a sample set ----------------------------------------------------------------------
+
+def _mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance over all pairs of rows of ``a`` (n, d) and ``b`` (m, d), chunked."""
+    rows = max(1, _PAIR_BLOCK // max(1, b.shape[0]))
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for i in range(0, a.shape[0], rows):
+        total = total + torch.cdist(a[i:i + rows], b, compute_mode="donot_use_mm_for_euclid_dist").sum()
+    return total / (a.shape[0] * b.shape[0])
+
+
+def _two_sets(x: ArrayLike, y: ArrayLike, names: tuple[str, str], min_y: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    a = as_samples(x, names[0], min_samples=1).to(torch.float64)
+    b = as_samples(y, names[1], min_samples=min_y).to(torch.float64).to(a.device)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{names[0]} has dimension {a.shape[1]} but {names[1]} has dimension {b.shape[1]}")
+    return a, b
+
+
+def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
+    """Energy distance between the empirical distributions of two sample sets.
+
+    ``sqrt(2 E|X - Y| - E|X - X'| - E|Y - Y'|)`` with all expectations over the empirical
+    distributions (the definition of :func:`scipy.stats.energy_distance`, in any dimension).
+    Zero exactly when the two empirical distributions coincide; in the units of x.
+
+    Args:
+        x: (n, d) samples. y: (m, d) samples.
+    Returns:
+        A non-negative float (computed in float64, memory O(block), not O(n m)).
+    """
+    a, b = _two_sets(x, y, ("x", "y"))
+    squared = 2 * _mean_distance(a, b) - _mean_distance(a, a) - _mean_distance(b, b)
+    return float(torch.sqrt(squared.clamp(min=0.0)))
+
+
+def nearest_neighbour_distances(points: ArrayLike) -> torch.Tensor:
+    """(n,) float64 distance from each row of ``points`` (n, d) to its nearest other row."""
+    x = as_samples(points, "points", min_samples=2).to(torch.float64)
+    rows = max(1, _PAIR_BLOCK // x.shape[0])
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], rows):
+        dist = torch.cdist(x[i:i + rows], x, compute_mode="donot_use_mm_for_euclid_dist")
+        idx = torch.arange(i, min(i + rows, x.shape[0]), device=x.device)
+        dist[idx - i, idx] = math.inf  # a point is not its own neighbour
+        out[i:i + rows] = dist.min(1).values
+    return out
+
+
+def memorization_fraction(generated: ArrayLike, training: ArrayLike) -> float:
+    """Fraction of generated points that copy the training data.
+
+    A generated point counts as memorised when it lies closer to its nearest training point
+    ``x_j`` than ``x_j``'s own nearest training neighbour does (the "authenticity" test of Alaa et
+    al. 2022). A sampler driven by the raw empirical score (a KDE with vanishing bandwidth)
+    returns training points, giving 1. Fresh draws from the data distribution are not 0 (they land
+    that close by chance), so compare against ``memorization_fraction(fresh_samples, training)``.
+
+    Args:
+        generated: (m, d) generated points. training: (n, d) training points, n >= 2.
+    Returns:
+        A float in [0, 1].
+    """
+    g, x = _two_sets(generated, training, ("generated", "training"), min_y=2)
+    radius = nearest_neighbour_distances(x)
+    rows = max(1, _PAIR_BLOCK // x.shape[0])
+    copied = 0
+    for i in range(0, g.shape[0], rows):
+        nearest = torch.cdist(g[i:i + rows], x, compute_mode="donot_use_mm_for_euclid_dist").min(1)
+        copied += int((nearest.values < radius[nearest.indices]).sum())
+    return copied / g.shape[0]
+
+
+# -- noise levels chosen from the data ------------------------------------------------------------
+
+def noise_range(data: ArrayLike, relative_sigma_min: float = 1e-2) -> tuple[float, float]:
+    """Default ``(sigma_max, sigma_min)`` for noise-conditional sampling of ``data`` (n, d).
+
+    ``sigma_max`` is the largest pairwise distance (estimated on a fixed subset of at most 2000
+    points), so the most-smoothed density is nearly one broad Gaussian covering the data (Song &
+    Ermon 2020, technique 1). ``sigma_min`` is ``relative_sigma_min`` times the data's scale
+    (root mean per-coordinate standard deviation). Both in the units of the data; deterministic.
+    """
+    x = as_samples(data, "data").to(torch.float64)
+    relative_sigma_min = check_positive(relative_sigma_min, "relative_sigma_min")
+    if x.shape[0] > _RANGE_SUBSET:  # a fixed seed: the defaults depend on the data alone
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:_RANGE_SUBSET]
+        x = x[keep.to(x.device)]
+    sigma_max = float(torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").max())
+    scale = float(x.var(0).mean().sqrt())
+    if not (sigma_max > 0 and scale > 0):
+        raise ValueError("data has no spread (all points coincide); cannot choose noise levels")
+    return sigma_max, relative_sigma_min * scale
+
+
+def geometric_noise_levels(sigma_max: float, sigma_min: float, n_levels: int) -> torch.Tensor:
+    """(n_levels,) float64 noise levels from ``sigma_max`` down to ``sigma_min``, geometrically spaced."""
+    sigma_max, sigma_min = check_positive(sigma_max, "sigma_max"), check_positive(sigma_min, "sigma_min")
+    n_levels = check_int(n_levels, "n_levels", minimum=1)
+    if sigma_min > sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must not exceed sigma_max ({sigma_max})")
+    if n_levels == 1:
+        return torch.tensor([sigma_min], dtype=torch.float64)
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n_levels, dtype=torch.float64))
+
+
+def default_n_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
+    """Number of geometric levels so consecutive noise shells overlap in ``dim`` dimensions.
+
+    Noise of scale sigma in d dimensions concentrates at radius ``sigma sqrt(d)``; the ratio
+    ``gamma`` of consecutive levels is kept at ``1 + 1/sqrt(d)`` (capped to [1.05, 1.5]) so a
+    sample at one level stays typical at the next (Song & Ermon 2020, technique 2). At least 10.
+    """
+    gamma = min(1.5, max(1.05, 1.0 + 1.0 / math.sqrt(dim)))
+    return max(10, math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma)) + 1)
+
+
+def ncsn_relative_step(gamma: float, steps_per_level: int) -> float:
+    """NCSN relative step ``r = eps / sigma_L^2`` for a level ratio ``gamma`` and ``T`` steps per level.
+
+    Song & Ermon (2020, technique 4): for a Gaussian of variance ``sigma_i^2`` started at variance
+    ``(gamma sigma_i)^2``, ``T`` steps of ``x + r sigma_i^2 / 2 * s + sqrt(r) sigma_i z`` give variance
+    ``sigma_i^2 (S + (1 - r/2)^(2T) (gamma^2 - S))`` with ``S = 1 / (1 - r/4)``. The returned ``r``
+    brings that ratio closest to 1 (searched on a log grid in [1e-4, 1]).
+    """
+    grid = np.logspace(-4, 0, 801)
+    stationary = 1.0 / (1.0 - grid / 4)
+    ratio = stationary + (1.0 - grid / 2) ** (2 * steps_per_level) * (gamma ** 2 - stationary)
+    return float(grid[int(np.argmin(np.abs(ratio - 1.0)))])
+
+
+class NoiseConditionalScore:
+    """Scores of ``p * N(0, sigma^2 I)`` at any noise level, one cached smoothed oracle per level.
+
+    Args:
+        oracle: the fitted oracle for ``p``.
+        max_cached: how many smoothed oracles to keep (least recently used are dropped).
+    """
+
+    def __init__(self, oracle: Oracle, max_cached: int = 1024) -> None:
+        if not isinstance(oracle, Oracle):
+            raise TypeError(f"oracle must be a fitted Oracle; got {type(oracle).__name__}")
+        self.oracle = oracle
+        self.max_cached = check_int(max_cached, "max_cached")
+        self._cache: OrderedDict[float, Oracle] = OrderedDict()
+
+    def at(self, sigma: float) -> Oracle:
+        """The oracle of ``p`` smoothed at noise level ``sigma`` (units of x; 0 gives ``p``)."""
+        sigma = check_positive(sigma, "sigma", allow_zero=True)
+        smoothed = self._cache.get(sigma)
+        if smoothed is None:
+            smoothed = self.oracle.smoothed(sigma)
+            self._cache[sigma] = smoothed
+            if len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(sigma)
+        return smoothed
+
+    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """(m, d) -> (m, d) score of the smoothed density, in ``x``'s dtype and device."""
+        return _score(self.at(sigma), x)
+
+
+# -- unadjusted Langevin --------------------------------------------------------------------------
+
+class LangevinState(NamedTuple):
+    """Batched Langevin chains: ``position`` (m, d) and the ``score`` there (m, d)."""
+
+    position: torch.Tensor
+    score: torch.Tensor
+
+
+class LangevinInfo(NamedTuple):
+    """Per-step diagnostics: mean squared score norm over chains (scalar tensor)."""
+
+    mean_squared_score: torch.Tensor
+
+
+def langevin_init(position: torch.Tensor, oracle: Oracle) -> LangevinState:
+    """Initial state at ``position`` (m, d)."""
+    return LangevinState(position, _score(oracle, position))
+
+
+def langevin_step(state: LangevinState, oracle: Oracle, step_size: float,
+                  generator: torch.Generator | None = None) -> tuple[LangevinState, LangevinInfo]:
+    """One unadjusted Langevin step ``x' = x + tau s(x) + sqrt(2 tau) z`` (``tau = step_size``)."""
+    x = state.position
+    new = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
+    new_score = _score(oracle, new)
+    return LangevinState(new, new_score), LangevinInfo((new_score * new_score).sum(1).mean())
+
+
+# -- Metropolis-adjusted Langevin -----------------------------------------------------------------
+
+class MALAState(NamedTuple):
+    """Batched MALA chains: ``position`` (m, d), ``log_density`` (m,) and ``score`` (m, d) there."""
+
+    position: torch.Tensor
+    log_density: torch.Tensor
+    score: torch.Tensor
+
+
+class MALAInfo(NamedTuple):
+    """Per-step diagnostics: ``acceptance_probability`` (m,) and ``is_accepted`` (m,) bool."""
+
+    acceptance_probability: torch.Tensor
+    is_accepted: torch.Tensor
+
+
+def mala_init(position: torch.Tensor, oracle: Oracle) -> MALAState:
+    """Initial state at ``position`` (m, d)."""
+    return MALAState(position, *_log_density_and_score(oracle, position))
+
+
+def _log_proposal(to: torch.Tensor, frm: torch.Tensor, frm_score: torch.Tensor, step_size: float) -> torch.Tensor:
+    """log q(to | frm) up to a constant, for the proposal N(frm + tau s(frm), 2 tau I)."""
+    diff = to - frm - step_size * frm_score
+    return -(diff * diff).sum(1) / (4.0 * step_size)
+
+
+def mala_step(state: MALAState, oracle: Oracle, step_size: float,
+              generator: torch.Generator | None = None) -> tuple[MALAState, MALAInfo]:
+    """One MALA step: a Langevin proposal, accepted with the Metropolis–Hastings probability
+    computed from ``oracle.log_density`` (so the chain targets the oracle's density exactly)."""
+    x = state.position
+    proposal = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
+    log_p, score = _log_density_and_score(oracle, proposal)
+    log_ratio = (log_p - state.log_density + _log_proposal(x, proposal, score, step_size)
+                 - _log_proposal(proposal, x, state.score, step_size))
+    # A proposal where the density vanishes (log_p = -inf) gives log_ratio = -inf: rejected.
+    log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
+    accept_prob = torch.exp(log_ratio.clamp(max=0.0))
+    accepted = _rand((x.shape[0],), x, generator) < accept_prob
+    keep = accepted[:, None]
+    new_state = MALAState(torch.where(keep, proposal, x), torch.where(accepted, log_p, state.log_density),
+                          torch.where(keep, score, state.score))
+    return new_state, MALAInfo(accept_prob, accepted)
+
+
+# -- annealed Langevin (NCSN) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnnealingSchedule:
+    """The noise levels a noise-conditional sampler walks down, with one smoothed oracle per level.
+
+    Attributes:
+        sigmas: (L,) float64 noise levels, descending (units of x).
+        step_sizes: (L,) float64 Langevin step per level (units of x squared).
+        steps_per_level: transitions at each level (1 for reverse diffusion).
+        oracles: L oracles, ``oracles[i] = oracle.smoothed(sigmas[i])``.
+    """
+
+    sigmas: torch.Tensor
+    step_sizes: torch.Tensor
+    steps_per_level: int
+    oracles: tuple[Oracle, ...]
+
+    @property
+    def n_steps(self) -> int:
+        """Total number of transitions."""
+        return len(self.oracles) * self.steps_per_level
+
+
+def ncsn_schedule(oracle: Oracle, sigmas: torch.Tensor, steps_per_level: int, eps: float
+                  ) -> AnnealingSchedule:
+    """NCSN schedule: ``alpha_i = eps sigma_i^2 / sigma_L^2`` at each level ``sigma_i`` of ``sigmas``."""
+    noise = NoiseConditionalScore(oracle)
+    sigmas = sigmas.to(torch.float64)
+    step_sizes = eps * sigmas ** 2 / sigmas[-1] ** 2
+    return AnnealingSchedule(sigmas, step_sizes, steps_per_level, tuple(noise.at(float(s)) for s in sigmas))
+
+
+class AnnealedState(NamedTuple):
+    """Batched chains of a noise-conditional sampler: ``position`` (m, d) and the number of
+    transitions done so far (``step``), which locates the current level in the schedule."""
+
+    position: torch.Tensor
+    step: int
+
+
+class AnnealedInfo(NamedTuple):
+    """Per-step diagnostics: the noise level ``sigma``, the ``step_size`` used and the mean of
+    ``sigma^2 |s|^2`` over chains (about d while the noise dominates the data scale)."""
+
+    sigma: float
+    step_size: float
+    scaled_squared_score: torch.Tensor
+
+
+def annealed_init(position: torch.Tensor) -> AnnealedState:
+    """Initial state at ``position`` (m, d), before the first level."""
+    return AnnealedState(position, 0)
+
+
+def annealed_langevin_step(state: AnnealedState, schedule: AnnealingSchedule,
+                           generator: torch.Generator | None = None) -> tuple[AnnealedState, AnnealedInfo]:
+    """One NCSN step ``x' = x + alpha_i / 2 * s_i(x) + sqrt(alpha_i) z`` at the current level ``i``."""
+    level = state.step // schedule.steps_per_level
+    if level >= len(schedule.oracles):
+        raise ValueError(f"the schedule has {schedule.n_steps} steps; this state has done them all")
+    x = state.position
+    alpha, sigma = float(schedule.step_sizes[level]), float(schedule.sigmas[level])
+    score = _score(schedule.oracles[level], x)
+    new = x + 0.5 * alpha * score + math.sqrt(alpha) * _randn(x, generator)
+    info = AnnealedInfo(sigma, alpha, sigma ** 2 * (score * score).sum(1).mean())
+    return AnnealedState(new, state.step + 1), info
+
+
+def tweedie_denoise(position: torch.Tensor, oracle: Oracle, sigma: float) -> torch.Tensor:
+    """Tweedie's formula ``E[x_0 | x_sigma = x] = x + sigma^2 s_sigma(x)``; ``oracle`` is the oracle
+    smoothed at ``sigma``. Removes the last level's noise (the NCSN final denoising step)."""
+    return position + sigma ** 2 * _score(oracle, position)
+
+
+# -- reverse diffusion (variance-exploding SDE / probability-flow ODE) ----------------------------
+
+Method = Literal["sde", "ode"]
+
+
+def ve_schedule(oracle: Oracle, sigmas: torch.Tensor) -> AnnealingSchedule:
+    """Reverse-diffusion schedule over ``sigmas`` (N+1,) descending: step ``i`` moves from
+    ``sigmas[i]`` to ``sigmas[i+1]``; ``step_sizes[i] = sigmas[i]^2 - sigmas[i+1]^2``."""
+    noise = NoiseConditionalScore(oracle)
+    sigmas = sigmas.to(torch.float64)
+    step_sizes = sigmas[:-1] ** 2 - sigmas[1:] ** 2
+    return AnnealingSchedule(sigmas, step_sizes, 1, tuple(noise.at(float(s)) for s in sigmas[:-1]))
+
+
+def reverse_diffusion_step(state: AnnealedState, schedule: AnnealingSchedule, method: Method = "sde",
+                           generator: torch.Generator | None = None) -> tuple[AnnealedState, AnnealedInfo]:
+    """One step of the reverse variance-exploding diffusion from ``sigma_i`` to ``sigma_{i+1}``.
+
+    ``"sde"``: ``x' = x + (sigma_i^2 - sigma_{i+1}^2) s_i(x) + sqrt(sigma_i^2 - sigma_{i+1}^2) z``
+    (the reverse-diffusion predictor of Song et al. 2021, i.e. ScoreSdeVeScheduler.step_pred).
+    ``"ode"``: the probability-flow Euler step ``x' = x + (sigma_i^2 - sigma_{i+1}^2) / 2 * s_i(x)``.
+    """
+    i = state.step
+    if i >= len(schedule.oracles):
+        raise ValueError(f"the schedule has {schedule.n_steps} steps; this state has done them all")
+    x = state.position
+    delta, sigma = float(schedule.step_sizes[i]), float(schedule.sigmas[i])
+    score = _score(schedule.oracles[i], x)
+    if method == "sde":
+        new = x + delta * score + math.sqrt(delta) * _randn(x, generator)
+    else:
+        new = x + 0.5 * delta * score
+    return AnnealedState(new, i + 1), AnnealedInfo(sigma, delta, sigma ** 2 * (score * score).sum(1).mean())
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+def _stack(infos: list[Any]) -> Any:
+    """A list of per-step info NamedTuples -> one NamedTuple of (n_steps, ...) tensors."""
+    if not infos:
+        return None
+    fields = []
+    for values in zip(*infos):
+        if isinstance(values[0], torch.Tensor):
+            fields.append(torch.stack(values))
+        else:
+            fields.append(torch.tensor(values, dtype=torch.float64))
+    return type(infos[0])(*fields)
+
+
+def run_chain(step: StepFn, state: State, n_steps: int, generator: torch.Generator | None = None,
+              progress: bool = True, desc: str = "sampling") -> tuple[State, Any]:
+    """Apply ``step(state, generator)`` ``n_steps`` times.
+
+    Args:
+        step: a transition, e.g. ``functools.partial(mala_step, oracle=o, step_size=0.1)`` wrapped
+            to take ``(state, generator)``.
+        state: the initial state (a NamedTuple whose first field is the (m, d) ``position``).
+        n_steps: number of transitions, at least 1.
+        generator: the torch.Generator every step draws from.
+        progress: show a tqdm progress bar.
+    Returns:
+        The final state and the per-step infos stacked field by field along a leading axis.
+    Raises:
+        ValueError: when the chains leave the finite numbers (the step size is too large).
+    """
+    n_steps = check_int(n_steps, "n_steps", minimum=1)
+    infos = []
+    for k in tqdm(range(n_steps), desc=desc, disable=not progress, leave=False):
+        try:
+            state, info = step(state, generator)
+            _check_chains(state[0])
+        except ValueError as exc:
+            if "diverged" not in str(exc):
+                raise
+            raise ValueError(f"{desc}, step {k + 1}: {exc}") from None
+        infos.append(info)
+    return state, _stack(infos)
+
+
+# -- one-call entry points ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplingInfo:
+    """Diagnostics returned with the samples.
+
+    Attributes:
+        method: which sampler ran.
+        n_steps: transitions per chain (not counting the final denoising step).
+        step_sizes: (L,) float64 step size of each noise level (one entry for langevin/mala);
+            units of x squared, in the method's convention (see the module docstring).
+        noise_levels: (L,) float64 noise levels, descending (None for langevin/mala).
+        acceptance_rate: MALA's mean acceptance probability over chains and steps (else None).
+        chain_acceptance_rates: (m,) MALA's per-chain mean acceptance probability (else None).
+        mean_squared_score: (n_steps,) per-step mean over chains of ``|s|^2`` (langevin/mala) or
+            ``sigma^2 |s|^2`` (annealed samplers; about d while the noise dominates).
+        relative_step: NCSN's ``eps / sigma_L^2`` (annealed Langevin only).
+        denoised: whether the final Tweedie denoising step was applied.
+    """
+
+    method: str
+    n_steps: int
+    step_sizes: np.ndarray
+    noise_levels: np.ndarray | None = None
+    acceptance_rate: float | None = None
+    chain_acceptance_rates: np.ndarray | None = None
+    mean_squared_score: np.ndarray | None = None
+    relative_step: float | None = None
+    denoised: bool = False
+
+
+def _chains(oracle: Estimator | Oracle, x0: ArrayLike, step_size: float, n_steps: int, generator: Any
+            ) -> tuple[Oracle, Queries, float, int, torch.Generator | None]:
+    oracle = as_oracle(oracle)
+    q = as_queries(x0, oracle.dim, oracle.compute_dtype, oracle.device, name="x0")
+    return (oracle, q, check_positive(step_size, "step_size"), check_int(n_steps, "n_steps", minimum=1),
+            _check_generator(generator))
+
+
+def langevin(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: int = 500,
+             generator: torch.Generator | None = None, progress: bool = True) -> tuple[Any, SamplingInfo]:
+    """Unadjusted Langevin algorithm ``x' = x + tau s(x) + sqrt(2 tau) z``, one chain per row of ``x0``.
+
+    Biased by O(step_size) (no Metropolis correction); see :func:`mala` for the exact version.
+
+    Args:
+        oracle: a fitted :class:`~disco_score.base.Oracle` (its ``score`` drives the chains).
+        x0: (m, d) starting points (or (d,) for one chain).
+        step_size: ``tau`` in units of x squared.
+        n_steps: transitions per chain.
+        generator: seeds the noise.
+        progress: show a tqdm progress bar.
+    Returns:
+        ``(samples, info)``: final positions shaped and typed like ``x0``, and :class:`SamplingInfo`.
+    """
+    oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
+    state, infos = run_chain(lambda s, g: langevin_step(s, oracle, step_size, g),
+                             langevin_init(q.points, oracle), n_steps, generator, progress, "langevin")
+    info = SamplingInfo("langevin", n_steps, np.array([step_size]),
+                        mean_squared_score=infos.mean_squared_score.cpu().numpy())
+    return q.restore(state.position), info
+
+
+def mala(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: int = 500,
+         generator: torch.Generator | None = None, progress: bool = True) -> tuple[Any, SamplingInfo]:
+    """Metropolis-adjusted Langevin: Langevin proposals accepted with the Metropolis–Hastings
+    probability from ``oracle.log_density``, so each chain leaves the oracle's density invariant.
+
+    Args and returns as :func:`langevin`; ``info.acceptance_rate`` is the mean acceptance
+    probability (aim for roughly 0.5–0.8 by adjusting ``step_size``).
+    """
+    oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
+    state, infos = run_chain(lambda s, g: mala_step(s, oracle, step_size, g),
+                             mala_init(q.points, oracle), n_steps, generator, progress, "mala")
+    per_chain = infos.acceptance_probability.mean(0)
+    info = SamplingInfo("mala", n_steps, np.array([step_size]), acceptance_rate=float(per_chain.mean()),
+                        chain_acceptance_rates=per_chain.cpu().numpy())
+    if info.acceptance_rate is not None and info.acceptance_rate < 0.2:
+        logger.warning("MALA acceptance rate is %.2f; reduce step_size", info.acceptance_rate)
+    return q.restore(state.position), info
+
+
+def _noise_conditional_setup(estimator: Estimator | Oracle | None, data: ArrayLike | None, n_samples: int,
+                             sigma_max: float | None, sigma_min: float | None, generator: Any
+                             ) -> tuple[Oracle, torch.Tensor, Queries, float, float, torch.Generator | None]:
+    """Fit the oracle, choose the noise range and draw the starting points ``mean + sigma_max z``."""
+    n_samples = check_int(n_samples, "n_samples")
+    generator = _check_generator(generator)
+    if data is None:
+        if not isinstance(estimator, Oracle) or sigma_max is None or sigma_min is None:
+            raise ValueError("data=None needs a fitted Oracle as estimator and explicit sigma_max and sigma_min")
+        oracle = estimator
+        centre = torch.zeros(oracle.dim, dtype=oracle.compute_dtype, device=oracle.device)
+        kind = Queries(centre[None], False, True, oracle.compute_dtype, oracle.device)
+    else:
+        x, kind = _restorer(data, "data")
+        oracle = resolve_oracle(estimator, x if not isinstance(estimator, Oracle) else None)
+        if x.shape[1] != oracle.dim:
+            raise ValueError(f"data has dimension {x.shape[1]} but the oracle was fitted on "
+                             f"{oracle.dim}-dimensional samples")
+        if sigma_max is None or sigma_min is None:
+            default_max, default_min = noise_range(x)
+            sigma_max = default_max if sigma_max is None else sigma_max
+            sigma_min = default_min if sigma_min is None else sigma_min
+        centre = x.mean(0)
+    sigma_max, sigma_min = check_positive(sigma_max, "sigma_max"), check_positive(sigma_min, "sigma_min")
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
+    dtype = torch.promote_types(centre.dtype, oracle.compute_dtype)
+    start = torch.empty(n_samples, oracle.dim, dtype=dtype, device=oracle.device)
+    start = centre.to(dtype=dtype, device=oracle.device) + sigma_max * _randn(start, generator)
+    return oracle, start, kind, sigma_max, sigma_min, generator
+
+
+def annealed_langevin(estimator: Estimator | Oracle | None, data: ArrayLike | None, n_samples: int = 1000,
+                      *, sigma_max: float | None = None, sigma_min: float | None = None,
+                      n_levels: int | None = None, steps_per_level: int = 20, eps: float | None = None,
+                      denoise: bool = True, generator: torch.Generator | None = None,
+                      progress: bool = True) -> tuple[Any, SamplingInfo]:
+    """Annealed Langevin dynamics (NCSN; Song & Ermon 2019, with the 2020 defaults) from the data's
+    noise-conditional score ``oracle.smoothed(sigma).score``.
+
+    Chains start at ``mean(data) + sigma_max z`` and take ``steps_per_level`` Langevin steps
+    ``x + alpha_i / 2 * s_i(x) + sqrt(alpha_i) z`` at each of ``n_levels`` geometric noise levels
+    from ``sigma_max`` down to ``sigma_min``, with ``alpha_i = eps sigma_i^2 / sigma_L^2``; then a
+    final Tweedie denoising step ``x + sigma_L^2 s_L(x)``.
+
+    Args:
+        estimator: an Estimator (fitted to ``data`` here), a fitted Oracle, or None for
+            :func:`~disco_score.base.default_estimator`.
+        data: (n, d) samples; they set the defaults and the output's kind (numpy or torch) and dtype.
+            May be None only with a fitted Oracle and explicit ``sigma_max`` and ``sigma_min``.
+        n_samples: number of chains (generated points).
+        sigma_max, sigma_min: noise range (units of x); default :func:`noise_range` of the data.
+        n_levels: default :func:`default_n_levels`.
+        steps_per_level: Langevin steps at each level (``T``).
+        eps: NCSN step constant (units of x squared); default ``r sigma_min^2`` with ``r`` from
+            :func:`ncsn_relative_step` for the level ratio and ``T``.
+        denoise: apply the final Tweedie step.
+        generator: seeds the initial points and the noise.
+        progress: show a tqdm progress bar.
+    Returns:
+        ``(samples, info)``: (n_samples, d) points and :class:`SamplingInfo`.
+    """
+    oracle, start, kind, sigma_max, sigma_min, generator = _noise_conditional_setup(
+        estimator, data, n_samples, sigma_max, sigma_min, generator)
+    steps_per_level = check_int(steps_per_level, "steps_per_level")
+    n_levels = default_n_levels(sigma_max, sigma_min, oracle.dim) if n_levels is None else n_levels
+    sigmas = geometric_noise_levels(sigma_max, sigma_min, check_int(n_levels, "n_levels", minimum=2))
+    gamma = float(sigmas[0] / sigmas[1])
+    if eps is None:
+        eps = ncsn_relative_step(gamma, steps_per_level) * sigma_min ** 2
+    eps = check_positive(eps, "eps")
+    schedule = ncsn_schedule(oracle, sigmas, steps_per_level, eps)
+    logger.debug("annealed Langevin: %d levels %.3g -> %.3g (ratio %.3f), %d steps each, eps %.3g",
+                 n_levels, sigma_max, sigma_min, gamma, steps_per_level, eps)
+    state, infos = run_chain(lambda s, g: annealed_langevin_step(s, schedule, g), annealed_init(start),
+                             schedule.n_steps, generator, progress, "annealed langevin")
+    position = state.position
+    if denoise:
+        position = tweedie_denoise(position, schedule.oracles[-1], sigma_min)
+    info = SamplingInfo("annealed_langevin", schedule.n_steps, schedule.step_sizes.numpy(),
+                        noise_levels=sigmas.numpy(),
+                        mean_squared_score=infos.scaled_squared_score.cpu().numpy(),
+                        relative_step=eps / sigma_min ** 2, denoised=denoise)
+    return kind.restore(position), info
+
+
+def reverse_diffusion(estimator: Estimator | Oracle | None, data: ArrayLike | None, n_samples: int = 1000,
+                      *, n_steps: int = 200, sigma_max: float | None = None, sigma_min: float | None = None,
+                      method: Method = "sde", denoise: bool = True,
+                      generator: torch.Generator | None = None, progress: bool = True
+                      ) -> tuple[Any, SamplingInfo]:
+    """Reverse variance-exploding diffusion (Song et al. 2021) from ``oracle.smoothed(sigma).score``.
+
+    The forward process adds noise, ``x_sigma = x_0 + sigma z``; reversing it from ``sigma_max``
+    to ``sigma_min`` along ``n_steps`` geometric levels turns ``mean(data) + sigma_max z`` into
+    samples of the data distribution smoothed at ``sigma_min``, which a final Tweedie step denoises.
+
+    Args:
+        estimator, data, n_samples, sigma_max, sigma_min, denoise, generator, progress: as for
+            :func:`annealed_langevin`.
+        n_steps: number of noise levels walked down.
+        method: ``"sde"`` (stochastic reverse SDE, Euler–Maruyama) or ``"ode"`` (the deterministic
+            probability-flow ODE, Euler).
+    Returns:
+        ``(samples, info)``: (n_samples, d) points and :class:`SamplingInfo`.
+    """
+    if method not in ("sde", "ode"):
+        raise ValueError(f"method must be 'sde' or 'ode'; got {method!r}")
+    n_steps = check_int(n_steps, "n_steps")
+    oracle, start, kind, sigma_max, sigma_min, generator = _noise_conditional_setup(
+        estimator, data, n_samples, sigma_max, sigma_min, generator)
+    schedule = ve_schedule(oracle, geometric_noise_levels(sigma_max, sigma_min, n_steps + 1))
+    state, infos = run_chain(lambda s, g: reverse_diffusion_step(s, schedule, method, g), annealed_init(start),
+                             schedule.n_steps, generator, progress, f"reverse diffusion ({method})")
+    position = state.position
+    if denoise:
+        position = tweedie_denoise(position, NoiseConditionalScore(oracle).at(sigma_min), sigma_min)
+    info = SamplingInfo(f"reverse_diffusion_{method}", schedule.n_steps, schedule.step_sizes.numpy(),
+                        noise_levels=schedule.sigmas.numpy(),
+                        mean_squared_score=infos.scaled_squared_score.cpu().numpy(), denoised=denoise)
+    return kind.restore(position), info

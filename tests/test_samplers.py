@@ -1,0 +1,268 @@
+"""Samplers driven by an oracle: checked against exact targets, closed forms and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from disco_score import KDE, samplers
+from disco_score.targets import GaussianMixture
+
+# Energy distances below are between 400-point sets; two independent draws of the 2-D mixture
+# sit about 0.1 apart, a sampler with the wrong spread (x 1.3) or wrong mode weights sits > 0.25.
+ED_THRESHOLD = 0.2
+
+
+def mixture_2d() -> GaussianMixture:
+    """Three well-separated anisotropic components in 2-D."""
+    weights = torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64)
+    means = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], dtype=torch.float64)
+    variances = torch.tensor([[0.3, 0.6], [0.6, 0.3], [0.4, 0.4]], dtype=torch.float64)
+    return GaussianMixture(weights, means, torch.diag_embed(variances))
+
+
+def correlated_gaussian() -> GaussianMixture:
+    mean = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    cov = torch.tensor([[[1.0, 0.6], [0.6, 0.5]]], dtype=torch.float64)
+    return GaussianMixture(torch.ones(1, dtype=torch.float64), mean, cov)
+
+
+@pytest.fixture(scope="module")
+def mixture_sets() -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
+    target = mixture_2d()
+    gen = torch.Generator().manual_seed(123)
+    return target, target.sample(400, gen), target.sample(400, gen)
+
+
+# -- quality metrics ------------------------------------------------------------------------------
+
+def test_energy_distance_matches_scipy_in_one_dimension(rng: np.random.Generator) -> None:
+    x, y = rng.normal(size=(150, 1)), rng.normal(0.5, 2.0, size=(90, 1))
+    assert samplers.energy_distance(x, y) == pytest.approx(scipy.stats.energy_distance(x[:, 0], y[:, 0]), rel=1e-10)
+
+
+def test_energy_distance_is_zero_for_equal_sets_and_grows_with_a_shift(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(200, 3))
+    assert samplers.energy_distance(x, x.copy()) == pytest.approx(0.0, abs=1e-7)
+    # For a pure shift by c of one point mass against another, the distance is sqrt(2|c|).
+    assert samplers.energy_distance(np.zeros((1, 3)), np.array([[0.0, 3.0, 4.0]])) == pytest.approx(math.sqrt(10))
+    near = samplers.energy_distance(x, x + 0.1)
+    assert 0 < near < samplers.energy_distance(x, x + 1.0)
+
+
+def test_memorization_fraction_counts_copies(rng: np.random.Generator) -> None:
+    train = rng.normal(size=(300, 2))
+    assert samplers.memorization_fraction(train, train) == 1.0
+    assert samplers.memorization_fraction(train + 100.0, train) == 0.0
+    # Hand-made case: training points 0 and 10 (nearest-neighbour distance 10 each, in 1-D).
+    line = np.array([[0.0], [10.0]])
+    assert samplers.memorization_fraction(np.array([[4.9], [5.1], [-11.0], [21.0]]), line) == 0.5
+
+
+def test_nearest_neighbour_distances_match_brute_force(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(50, 3))
+    dist = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.diag(np.full(50, np.inf))
+    np.testing.assert_allclose(samplers.nearest_neighbour_distances(x).numpy(), dist.min(1), rtol=1e-12)
+
+
+def test_quality_metrics_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="dimension"):
+        samplers.energy_distance(np.zeros((5, 2)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="training needs at least 2"):
+        samplers.memorization_fraction(np.zeros((5, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="non-finite"):
+        samplers.energy_distance(np.full((5, 2), np.nan), np.zeros((5, 2)))
+
+
+# -- defaults -------------------------------------------------------------------------------------
+
+def test_noise_range_from_data(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(300, 2)) * np.array([1.0, 3.0])
+    sigma_max, sigma_min = samplers.noise_range(x)
+    largest = np.linalg.norm(x[:, None] - x[None], axis=-1).max()
+    assert sigma_max == pytest.approx(largest)
+    assert sigma_min == pytest.approx(0.01 * math.sqrt(x.var(0, ddof=1).mean()))
+    with pytest.raises(ValueError, match="no spread"):
+        samplers.noise_range(np.ones((10, 2)))
+
+
+def test_geometric_levels_and_ncsn_step() -> None:
+    levels = samplers.geometric_noise_levels(10.0, 0.1, 5).numpy()
+    np.testing.assert_allclose(levels, [10.0, 10 ** 0.5, 1.0, 10 ** -0.5, 0.1])
+    with pytest.raises(ValueError, match="sigma_min"):
+        samplers.geometric_noise_levels(0.1, 1.0, 5)
+    # The chosen relative step makes T Gaussian Langevin steps carry variance gamma^2 sigma^2 to
+    # about sigma^2: check by iterating the exact variance recursion v' = a^2 v + r.
+    gamma, steps = 1.5, 20
+    r = samplers.ncsn_relative_step(gamma, steps)
+    v = gamma ** 2
+    for _ in range(steps):
+        v = (1 - r / 2) ** 2 * v + r
+    assert abs(v - 1) < 0.1 and abs(v - 1) < abs(gamma ** 2 - 1) / 5
+
+
+# -- Langevin and MALA against closed forms -------------------------------------------------------
+
+def test_mala_matches_gaussian_mean_and_covariance(generator: torch.Generator) -> None:
+    target = correlated_gaussian()
+    x0 = torch.zeros(400, 2, dtype=torch.float64)
+    samples, info = samplers.mala(target, x0, step_size=0.2, n_steps=200, generator=generator, progress=False)
+    assert samples.shape == (400, 2) and samples.dtype == torch.float64
+    np.testing.assert_allclose(samples.mean(0).numpy(), [1.0, -2.0], atol=0.12)
+    np.testing.assert_allclose(np.cov(samples.numpy().T), target.covariances[0].numpy(), atol=0.15)
+    assert 0.0 < info.acceptance_rate < 1.0
+    assert info.chain_acceptance_rates.shape == (400,)
+
+
+def test_mala_removes_the_step_size_bias_that_langevin_has(generator: torch.Generator) -> None:
+    """On N(0, 1), unadjusted Langevin with step tau has stationary variance 1 / (1 - tau/2);
+    MALA's Metropolis correction brings it back to 1."""
+    target = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                             torch.ones(1, 1, 1, dtype=torch.float64))
+    x0 = torch.zeros(2000, 1, dtype=torch.float64)
+    tau = 0.6
+    ula, _ = samplers.langevin(target, x0, step_size=tau, n_steps=60, generator=generator, progress=False)
+    adjusted, info = samplers.mala(target, x0, step_size=tau, n_steps=60, generator=generator, progress=False)
+    assert float(ula.var()) == pytest.approx(1 / (1 - tau / 2), rel=0.08)
+    assert float(adjusted.var()) == pytest.approx(1.0, rel=0.08)
+    assert 0.5 < info.acceptance_rate < 1.0
+
+
+def test_numpy_in_numpy_out_and_single_chain(rng: np.random.Generator, generator: torch.Generator) -> None:
+    target = correlated_gaussian()
+    x0 = rng.normal(size=(20, 2)).astype(np.float32)
+    out, _ = samplers.langevin(target, x0, n_steps=5, generator=generator, progress=False)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (20, 2)
+    one, _ = samplers.mala(target, torch.zeros(2, dtype=torch.float32), n_steps=5, generator=generator,
+                           progress=False)
+    assert isinstance(one, torch.Tensor) and one.shape == (2,) and one.dtype == torch.float32
+
+
+def test_seeded_runs_repeat() -> None:
+    target = correlated_gaussian()
+    a, _ = samplers.mala(target, torch.zeros(10, 2), n_steps=20, generator=torch.Generator().manual_seed(5),
+                         progress=False)
+    b, _ = samplers.mala(target, torch.zeros(10, 2), n_steps=20, generator=torch.Generator().manual_seed(5),
+                         progress=False)
+    assert torch.equal(a, b)
+
+
+def test_pieces_compose_like_the_one_call_entry_point() -> None:
+    """init/step/run_chain by hand give exactly what mala() gives."""
+    target = correlated_gaussian()
+    x0 = torch.zeros(30, 2, dtype=torch.float64)
+    expected, _ = samplers.mala(target, x0, step_size=0.1, n_steps=15,
+                                generator=torch.Generator().manual_seed(2), progress=False)
+    state = samplers.mala_init(x0, target)
+    state, infos = samplers.run_chain(lambda s, g: samplers.mala_step(s, target, 0.1, g), state, 15,
+                                      torch.Generator().manual_seed(2), progress=False)
+    assert torch.equal(state.position, expected)
+    assert infos.is_accepted.shape == (15, 30) and infos.acceptance_probability.dtype == torch.float64
+    # The step is pure: the input state is untouched and reusable.
+    first = samplers.mala_init(x0, target)
+    samplers.mala_step(first, target, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(first.position, x0)
+
+
+# -- noise-conditional samplers on a 2-D mixture --------------------------------------------------
+
+def test_annealed_langevin_with_exact_score_matches_target(mixture_sets, generator: torch.Generator) -> None:
+    target, train, fresh = mixture_sets
+    samples, info = samplers.annealed_langevin(target, train, n_samples=400, n_levels=20, steps_per_level=10,
+                                               generator=generator, progress=False)
+    assert samples.shape == (400, 2)
+    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
+    assert info.noise_levels[0] == pytest.approx(samplers.noise_range(train)[0])
+    np.testing.assert_allclose(info.step_sizes, info.relative_step * info.noise_levels ** 2, rtol=1e-12)
+    assert info.denoised and info.n_steps == 200
+    # While the noise dominates, sigma^2 |s_sigma|^2 is about d = 2 (a wrongly scaled score is not).
+    assert 1.0 < info.mean_squared_score[0] < 4.0
+
+
+def test_annealed_langevin_with_kde_matches_target_without_copying(mixture_sets, generator: torch.Generator) -> None:
+    target, train, fresh = mixture_sets
+    samples, _ = samplers.annealed_langevin(KDE(), train.numpy(), n_samples=400, n_levels=20, steps_per_level=10,
+                                            generator=generator, progress=False)
+    assert isinstance(samples, np.ndarray) and samples.dtype == np.float64
+    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
+    reference = samplers.memorization_fraction(fresh, train)  # fresh draws, about 0.6
+    assert samplers.memorization_fraction(samples, train) < reference + 0.1
+    # The raw empirical score (vanishing bandwidth) copies the training set instead.
+    copies, _ = samplers.annealed_langevin(KDE(bandwidth=1e-3), train, n_samples=200, n_levels=20,
+                                           steps_per_level=10, generator=generator, progress=False)
+    assert samplers.memorization_fraction(copies, train) > 0.9
+
+
+@pytest.mark.parametrize("method", ["sde", "ode"])
+def test_reverse_diffusion_with_exact_score_matches_target(mixture_sets, method: str,
+                                                           generator: torch.Generator) -> None:
+    target, train, fresh = mixture_sets
+    samples, info = samplers.reverse_diffusion(target, train, n_samples=400, n_steps=100, method=method,
+                                               generator=generator, progress=False)
+    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
+    assert info.noise_levels.shape == (101,) and info.step_sizes.shape == (100,)
+    # Overdispersing the result by 30% must fail the same check (the threshold has teeth).
+    centre = samples.mean(0)
+    assert samplers.energy_distance(centre + 1.3 * (samples - centre), fresh) > ED_THRESHOLD
+
+
+def test_contract_calls_with_defaults() -> None:
+    gen = torch.Generator().manual_seed(0)
+    data = mixture_2d().sample(150, gen)
+    samples, info = samplers.annealed_langevin(KDE(), data, n_samples=1000, generator=gen, progress=False)
+    assert samples.shape == (1000, 2) and np.isfinite(samples.numpy()).all()
+    assert info.noise_levels[-1] == pytest.approx(samplers.noise_range(data)[1])
+    oracle = KDE().fit(data)
+    out, _ = samplers.langevin(oracle, data[:50], step_size=1e-2, n_steps=500, generator=gen, progress=False)
+    assert out.shape == (50, 2)
+    out, info = samplers.mala(oracle, data[:50], step_size=1e-2, n_steps=500, generator=gen, progress=False)
+    assert out.shape == (50, 2) and 0 < info.acceptance_rate <= 1
+
+
+def test_oracle_without_data_needs_explicit_noise_range(generator: torch.Generator) -> None:
+    target = mixture_2d()
+    samples, _ = samplers.reverse_diffusion(target, None, n_samples=50, n_steps=20, sigma_max=8.0, sigma_min=0.02,
+                                            generator=generator, progress=False)
+    assert samples.shape == (50, 2)
+    with pytest.raises(ValueError, match="data=None"):
+        samplers.annealed_langevin(target, None, n_samples=10)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    target = correlated_gaussian()
+    data = target.sample(50, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="x0 must have shape"):
+        samplers.langevin(target, torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="x0 has dimension 3"):
+        samplers.mala(target, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="step_size must be a finite positive"):
+        samplers.langevin(target, torch.zeros(4, 2), step_size=-0.1)
+    with pytest.raises(ValueError, match="n_steps must be at least 1"):
+        samplers.mala(target, torch.zeros(4, 2), n_steps=0)
+    with pytest.raises(TypeError, match="generator"):
+        samplers.langevin(target, torch.zeros(4, 2), generator=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs samples"):
+        samplers.langevin(KDE(), torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="Estimator or an Oracle"):
+        samplers.annealed_langevin("kde", data)
+    with pytest.raises(ValueError, match="data has dimension 3"):
+        samplers.annealed_langevin(target, torch.zeros(10, 3), n_samples=10)
+    with pytest.raises(ValueError, match="sigma_min .* smaller than sigma_max"):
+        samplers.reverse_diffusion(target, data, sigma_max=0.1, sigma_min=1.0)
+    with pytest.raises(ValueError, match="method must be"):
+        samplers.reverse_diffusion(target, data, method="heun")
+    with pytest.raises(ValueError, match="n_samples must be at least 1"):
+        samplers.annealed_langevin(target, data, n_samples=0)
+
+
+def test_divergence_is_reported_not_returned_as_nan() -> None:
+    target = correlated_gaussian()
+    with pytest.raises(ValueError, match="langevin, step .* diverged .* reduce the step size"):
+        samplers.langevin(target, torch.ones(4, 2, dtype=torch.float64), step_size=50.0, n_steps=400,
+                          progress=False)
