@@ -210,24 +210,20 @@ def _bandwidth(text: str) -> str | float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _positive(convert: type) -> Any:
+    """An argparse ``type`` accepting a finite positive ``convert`` (int or float)."""
+    noun = "integer" if convert is int else "number"
 
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a finite positive {noun}, got {text!r}")
+        return value
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
-    return value
+    return parse
 
 
 def make_estimator(name: str, bandwidth: str | float | None = None, kernel: str = "full",
@@ -419,8 +415,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _diffusers_sample(estimator: Estimator, data: np.ndarray, method: str, n_samples: int, steps: int,
                       generator: torch.Generator, progress: bool) -> np.ndarray:
-    from .integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline
     import diffusers
+
+    from .integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline
 
     if method == "ddim":
         scheduler = diffusers.DDIMScheduler(clip_sample=False)
@@ -680,11 +677,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--method", choices=SAMPLE_METHODS, default="annealed",
                         help="annealed (annealed Langevin, default), langevin, mala (Metropolis-adjusted), or a "
                              "diffusers scheduler: ddim, ddpm, euler (needs the diffusers extra)")
-    sample.add_argument("-n", "--n-samples", type=_positive_int, default=1000, help="points to generate (default 1000)")
-    sample.add_argument("--steps", type=_positive_int, default=None,
+    sample.add_argument("-n", "--n-samples", type=_positive(int), default=1000, help="points to generate (default 1000)")
+    sample.add_argument("--steps", type=_positive(int), default=None,
                         help="langevin/mala: transitions per chain (500); annealed: steps per noise level (20); "
                              "ddim/ddpm/euler: inference steps (50)")
-    sample.add_argument("--step-size", type=_positive_float, default=None,
+    sample.add_argument("--step-size", type=_positive(float), default=None,
                         help="langevin/mala step size tau in units of x^2 (default 0.01 x mean variance of DATA)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--out", default="samples.npy", help="output .npy or .csv (default samples.npy)")
@@ -701,9 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=("gmm", "ring", "moons"), default="gmm",
                       help="gmm: an uneven 4-component mixture (default); ring: 8 modes on a circle; "
                            "moons: two moons (no exact truth)")
-    demo.add_argument("-n", "--n", type=_positive_int, default=1000, help="number of samples to fit (1000)")
-    demo.add_argument("--n-samples", type=_positive_int, default=500, help="points to generate (500)")
-    demo.add_argument("--steps", type=_positive_int, default=10, help="annealed Langevin steps per level (10)")
+    demo.add_argument("-n", "--n", type=_positive(int), default=1000, help="number of samples to fit (1000)")
+    demo.add_argument("--n-samples", type=_positive(int), default=500, help="points to generate (500)")
+    demo.add_argument("--steps", type=_positive(int), default=10, help="annealed Langevin steps per level (10)")
     demo.add_argument("--sampler", choices=("kde", "discoformer"), default="kde",
                       help="whose score drives annealed Langevin: kde (default; exact Gaussian smoothing, "
                            "seconds) or discoformer (re-encodes noised data at each of ~17 noise levels: "

@@ -158,7 +158,8 @@ def test_bad_input_gives_one_line_and_exit_code_2(capsys, tmp_path, gaussian_fil
 @pytest.mark.parametrize("argv, fragment", [
     (["eval", "s.npy", "--bandwidth", "wide"], "--bandwidth: expected one of scott"),
     (["eval", "s.npy", "--bandwidth", "-1"], "finite positive number"),
-    (["sample", "s.npy", "-n", "0"], "expected a positive integer"),
+    (["sample", "s.npy", "-n", "0"], "positive integer, got '0'"),
+    (["demo", "--steps", "two"], "expected a positive integer, got 'two'"),
     (["sample", "s.npy", "--method", "euler-maruyama"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
