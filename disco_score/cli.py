@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "moons: two moons (no exact truth)")
     demo.add_argument("-n", "--n", type=_positive(int), default=1000, help="number of samples to fit (1000)")
     demo.add_argument("--n-samples", type=_positive(int), default=500, help="points to generate (500)")
-    demo.add_argument("--steps", type=_positive(int), default=10, help="annealed Langevin steps per level (10)")
+    demo.add_argument("--steps", type=_positive(int), default=20, help="annealed Langevin steps per level (20)")
     demo.add_argument("--sampler", choices=("kde", "discoformer"), default="kde",
                       help="whose score drives annealed Langevin: kde (default; exact Gaussian smoothing, "
                            "seconds) or discoformer (re-encodes noised data at each of ~17 noise levels: "
