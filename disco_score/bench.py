@@ -474,7 +474,7 @@ SCALING_N_DIMS = (2, 10, 100)
 
 def scaling_cells(quick: bool) -> list[Cell]:
     """Error against n at d = 2, 10 (GMM prior) and 100 (P2-style), and against d at fixed n."""
-    ns = [2 ** k for k in ((8, 10, 12) if quick else range(8, 18))]
+    ns = [2 ** k for k in ((8, 10, 11) if quick else range(8, 18))]
     targets = 1 if quick else 4
     by_n = [Cell("vs n", "p2" if d == 100 else "gmm", d, n, targets, ("relative_score_mse",))
             for d in SCALING_N_DIMS for n in ns]

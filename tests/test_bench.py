@@ -118,9 +118,9 @@ def test_scaling_quick_slopes(tmp_path: Path) -> None:
     assert _run(tmp_path, "scaling", "--quick", "--estimators", *KDE_ROWS, "--only", "^vs n d=2 ") == 0
     result = _load(tmp_path, "scaling")
     cells = result["cells"]
-    assert [c["n"] for c in cells] == [256, 1024, 4096] and {c["d"] for c in cells} == {2}
+    assert [c["n"] for c in cells] == [256, 1024, 2048] and {c["d"] for c in cells} == {2}
     errors = [c["rows"]["kde-oracle"]["values"]["relative_score_mse"] for c in cells]
-    expected = np.polyfit(np.log([256, 1024, 4096]), np.log(errors), 1)[0]
+    expected = np.polyfit(np.log([256, 1024, 2048]), np.log(errors), 1)[0]
     assert result["slopes"]["2"]["kde-oracle"] == pytest.approx(expected)
     assert result["slopes"]["2"]["kde-oracle"] < 0  # more samples, smaller error
     assert result["kde_theory_slopes"]["2"] == pytest.approx(-0.5)
