@@ -73,8 +73,10 @@ def from_benchmarks(bench_dir: Path) -> tuple[Curves, str] | None:
             if cell.get("group") in ("P1", "P2") and cell["n"] >= chosen.get(cell["d"], {"n": 0})["n"]:
                 chosen[cell["d"]] = cell
         if chosen:
-            caption = (f"{accuracy.name}: P1/P2 cells, n = "
-                       + ", ".join(f"{c['n']} (d={d})" for d, c in sorted(chosen.items())))
+            caption = (f"{accuracy.name}: " + ", ".join(f"{c['group']} d={d} n={c['n']}" for d, c in sorted(chosen.items()))
+                       + " (P1: the GMM prior; P2: K = 2 unrotated), "
+                       + f"{min(c['targets'] for c in chosen.values())}+ targets per cell, "
+                       + f"commit {str(result.get('meta', {}).get('commit', '?'))[:10]}")
             return curves_from_cells(list(chosen.values())), caption
     return None
 
