@@ -62,7 +62,7 @@ def from_benchmarks(bench_dir: Path) -> tuple[Curves, str] | None:
             meta = result.get("meta", {})
             caption = (f"{scaling.relative_to(ROOT) if scaling.is_relative_to(ROOT) else scaling}: vs d at "
                        f"n = {cells[0]['n']}, {cells[0]['targets']} targets per d, "
-                       f"commit {str(meta.get('commit', '?'))[:10]}")
+                       f"commit {meta.get('commit', '?')}")
             return curves_from_cells(cells), caption
     accuracy = bench_dir / "accuracy.json"
     if accuracy.exists():
@@ -76,7 +76,7 @@ def from_benchmarks(bench_dir: Path) -> tuple[Curves, str] | None:
             caption = (f"{accuracy.name}: " + ", ".join(f"{c['group']} d={d} n={c['n']}" for d, c in sorted(chosen.items()))
                        + " (P1: the GMM prior; P2: K = 2 unrotated), "
                        + f"{min(c['targets'] for c in chosen.values())}+ targets per cell, "
-                       + f"commit {str(result.get('meta', {}).get('commit', '?'))[:10]}")
+                       + f"commit {result.get('meta', {}).get('commit', '?')}")
             return curves_from_cells(list(chosen.values())), caption
     return None
 
