@@ -139,10 +139,32 @@ class DiScoFormerOracle(Oracle):
         z = self.whitening.forward(samples.to(torch.float64)).to(torch.float32)[None]
         with torch.no_grad():
             self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
-        self.log_normalizer = 0.0
-        if estimator.normalize and self.dim <= 2:
-            self.log_normalizer = self._grid_log_normalizer(z[0])
+        self._log_normalizer: float | None = None  # computed on the first log-density request
         self._freeze()
+
+    @property
+    def log_normalizer(self) -> float:
+        """log of the grid integral divided out in d <= 2 (0 otherwise); computed once, lazily,
+        because score-only users (samplers, particle solvers) never need it."""
+        if self._log_normalizer is None:
+            value = 0.0
+            if self.estimator.normalize and self.dim <= 2:
+                z = self.whitening.forward(self.samples.to(torch.float64)).to(torch.float32)
+                value = self._grid_log_normalizer(z)
+            object.__setattr__(self, "_log_normalizer", value)
+        assert self._log_normalizer is not None
+        return self._log_normalizer
+
+    def score(self, x: ArrayLike) -> Any:
+        """Score at ``x`` (m, d) -> (m, d); skips the log-density normaliser (a constant)."""
+        q = self._queries(x)
+        with torch.no_grad():
+            z = self.whitening.forward(q.points.to(torch.float64)).to(torch.float32)
+            _, sc = self._query(z)
+            score = self.whitening.score_out(sc.to(torch.float64))
+        if not bool(torch.isfinite(score).all()):
+            raise FloatingPointError("DiScoFormer produced non-finite scores")
+        return q.restore(score.to(q.points.dtype))
 
     def _grid_log_normalizer(self, z: torch.Tensor) -> float:
         """log of the integral of the network's density over a grid covering the samples +- 4."""
@@ -221,8 +243,7 @@ class DiScoFormerOracle(Oracle):
             p.requires_grad_(False)
         new = copy.copy(self)
         object.__setattr__(new, "_net", net)
-        if self.estimator.normalize and self.dim <= 2:
-            object.__setattr__(new, "log_normalizer", new._grid_log_normalizer(z))
+        object.__setattr__(new, "_log_normalizer", None)  # the adapted net has its own constant
         return new
 
     def __repr__(self) -> str:
