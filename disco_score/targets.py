@@ -110,8 +110,11 @@ class GaussianMixture(Target):
                           device=self.device)
         idx = comp[..., None].expand(*self.batch_shape, n, self.dim)
         mu = torch.gather(self.means, -2, idx)
-        chol = torch.gather(self._chol, -3, idx[..., None].expand(*self.batch_shape, n, self.dim, self.dim))
-        return mu + (chol @ eps[..., None]).squeeze(-1)
+        # Transform the noise by every component's factor (K, n, d) and pick one per point, rather
+        # than gathering an (n, d, d) stack of factors (10 GB at d = 100, n = 2^17).
+        noise = eps.unsqueeze(-3) @ self._chol.transpose(-1, -2)  # (*B, K, n, d)
+        picked = torch.gather(noise, -3, idx.unsqueeze(-3)).squeeze(-3)
+        return mu + picked
 
     def _smoothed(self, sigma: float) -> "GaussianMixture":
         eye = torch.eye(self.dim, dtype=self.compute_dtype, device=self.device)
