@@ -99,6 +99,8 @@ class EmpiricalDistribution(dist.TorchDistribution):
         validate_args: torch.distributions' validation flag.
 
     ``log_prob(value)``: (..., d) -> (...) nats, in ``value``'s dtype; its gradient is the score.
+    ``samples``: the sample set as a tensor (numpy input is cast to torch's default dtype; the
+    oracle is fitted on it in its own dtype).
     ``sample(sample_shape)``: resamples the sample set uniformly with replacement (a bootstrap
     draw, using torch's global RNG as Pyro does), not a draw from the smoothed density
     ``log_prob`` describes; for that, run MCMC on it. There is no ``rsample``: use this
@@ -112,7 +114,10 @@ class EmpiricalDistribution(dist.TorchDistribution):
 
     def __init__(self, samples: ArrayLike, estimator: Estimator | Oracle | None = None,
                  validate_args: bool | None = None) -> None:
-        self.samples, self.oracle = fitted_oracle(samples, estimator)
+        tensor, self.oracle = fitted_oracle(samples, estimator)
+        # Pyro models compute in torch's default dtype; numpy input (float64 by habit) would make
+        # sample() -- and so init_to_sample/init_to_median -- leak float64 into them.
+        self.samples = tensor if isinstance(samples, torch.Tensor) else tensor.to(torch.get_default_dtype())
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([self.oracle.dim]),
                          validate_args=validate_args)
 
