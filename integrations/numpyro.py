@@ -22,7 +22,6 @@ Example (the contract):
 
 from __future__ import annotations
 
-import logging
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
@@ -47,8 +46,6 @@ from numpyro.infer.util import ParamInfo, initialize_model  # noqa: E402
 from numpyro.util import identity, is_prng_key  # noqa: E402
 
 from ._jax_bridge import JaxOracle, fitted_oracle, jax_oracle, oracle_from  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["EmpiricalDistribution", "potential_fn", "Langevin", "LangevinState"]
 

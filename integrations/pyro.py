@@ -19,7 +19,6 @@ Example (the contract):
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,8 +41,6 @@ from pyro.infer.autoguide.initialization import init_to_uniform  # noqa: E402
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel  # noqa: E402
 from pyro.infer.mcmc.util import initialize_model  # noqa: E402
 from pyro.ops.integrator import potential_grad  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["EmpiricalDistribution", "oracle_log_prob", "potential_fn", "Langevin"]
 
