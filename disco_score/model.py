@@ -69,6 +69,19 @@ def _signed_log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
+# Kernel weights below exp(-80) are negligible next to the block maximum (weight 1) but would send
+# float32 exp down its slow underflow path (~30x slower on x86); they are raised to exp(-80).
+_LOGIT_FLOOR = -80.0
+
+
+def _shifted_exp(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """exp(max(logits - shift, -80)); in place on ``logits`` (a fresh temporary) when no gradient
+    is recorded, which also avoids allocating another (block x block) tensor."""
+    if torch.is_grad_enabled() and (logits.requires_grad or shift.requires_grad):
+        return torch.exp((logits - shift).clamp_min(_LOGIT_FLOOR))
+    return logits.sub_(shift).clamp_min_(_LOGIT_FLOOR).exp_()
+
+
 @dataclass
 class AttentionOut:
     """Per query, per head: log-normaliser, value message and equivariant vector messages."""
@@ -117,13 +130,14 @@ def geometric_attention(pos_q: torch.Tensor, pos_k: torch.Tensor, scale_q: torch
     for j0 in range(0, n, key_block):
         j1 = min(n, j0 + key_block)
         logits = feat_q @ feat_k[:, :, j0:j1].transpose(-1, -2)  # (B, H, m, nb)
-        if exclude_self:
-            eye = torch.arange(m, device=pos_q.device)[:, None] == torch.arange(j0, j1, device=pos_q.device)[None, :]
-            logits = logits.masked_fill(eye, -math.inf)
+        if exclude_self and j0 < m:
+            # query i is key i: mask the entries (i, i - j0) of this block (in place; autograd
+            # gives them zero gradient, the matmul's backward does not need its output)
+            logits.diagonal(offset=-j0, dim1=-2, dim2=-1).fill_(-math.inf)
         new_max = torch.maximum(run_max, logits.amax(-1))
         safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
         rescale = torch.exp(run_max - safe)[..., None]
-        p = torch.exp(logits - safe[..., None])
+        p = _shifted_exp(logits, safe[..., None])
         blk = torch.cat([p @ values[:, :, j0:j1], p.sum(-1, keepdim=True)], -1)
         acc = acc * rescale + blk
         if uh is not None and acc_uz is not None:
@@ -289,7 +303,7 @@ class LocalGaussianHead(nn.Module):
             logits = -0.5 * alpha * dist + w[:, :, None, j0:j0 + key_block]
             new_max = torch.maximum(run_max, logits.amax(-1))
             rescale = torch.exp(run_max - new_max)
-            p = torch.exp(logits - new_max[..., None])  # (B, G, m, nb)
+            p = _shifted_exp(logits, new_max[..., None])  # (B, G, m, nb)
             acc0 = acc0 * rescale + p.sum(-1)
             acc_sq = acc_sq * rescale ** 2 + (p * p).sum(-1)
             acc1 = acc1 * rescale[..., None] + p @ zb

@@ -16,7 +16,7 @@ import torch
 
 from disco_score import DiScoFormer
 from disco_score.discoformer import WEIGHTS_DIR, load_weights
-from disco_score.model import DiScoFormerNet, ModelConfig
+from disco_score.model import DiScoFormerNet, ModelConfig, geometric_attention
 from disco_score.targets import random_gmm
 from disco_score.train import TrainConfig, train
 
@@ -240,3 +240,22 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=False)
     assert state["step"] == 3
+
+
+@pytest.mark.parametrize("key_block", [3, 4, 100])
+def test_leave_one_out_attention_equals_attention_without_the_sample(key_block: int) -> None:
+    # exclude_self must drop exactly key i for query i, in every key block
+    g = torch.Generator().manual_seed(1)
+    n, d, H, e = 9, 3, 2, 2
+    pos = torch.randn(1, n, d, generator=g)
+    scale = 0.3 * torch.randn(1, n, H, generator=g)
+    weight = torch.randn(1, n, H, generator=g)
+    q, k, v = (torch.randn(1, n, H, e, generator=g) for _ in range(3))
+    loo = geometric_attention(pos, pos, scale, scale, weight, q, k, v, exclude_self=True, key_block=key_block)
+    for i in range(n):
+        keep = [j for j in range(n) if j != i]
+        ref = geometric_attention(pos[:, i:i + 1], pos[:, keep], scale[:, i:i + 1], scale[:, keep],
+                                  weight[:, keep], q[:, i:i + 1], k[:, keep], v[:, keep])
+        torch.testing.assert_close(loo.lse[:, i], ref.lse[:, 0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loo.shift[:, i], ref.shift[:, 0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(loo.message[:, i], ref.message[:, 0], rtol=1e-4, atol=1e-5)
