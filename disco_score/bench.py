@@ -338,6 +338,10 @@ class Options:
     only: str | None = None
     timeout: float | None = None
     progress: bool = True
+    #: finished cells are appended here as they come (JSON lines), so a long run that is stopped
+    #: loses at most one cell; with ``resume`` the cells already logged are reused, not re-run
+    cell_log: Path | None = None
+    resume: bool = False
 
     def rows(self, suite: str) -> list[str]:
         known = SPEED_ESTIMATORS if suite == "speed" else ESTIMATORS
@@ -359,9 +363,15 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
     """
     specs = [ESTIMATORS[key] for key in row_keys]
     cells = [cell for cell in cells if opts.selected(cell.label)]
+    done = _logged_cells(opts, desc, row_keys)
     results = []
     bar = tqdm(total=sum(c.n_targets for c in cells), desc=desc, disable=not opts.progress, leave=False)
     for cell in cells:
+        if cell.label in done:
+            results.append(done[cell.label])
+            bar.update(cell.n_targets)
+            logger.info("%s: reused from %s", cell.label, opts.cell_log)
+            continue
         per_row: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
         seeds = []
         for index in range(cell.n_targets):
@@ -376,8 +386,29 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
                         "n": cell.n, "m": N_QUERIES, "targets": cell.n_targets, "shown": list(cell.shown),
                         "seeds": seeds, "rows": rows})
         logger.info("%s: %s", cell.label, "; ".join(_row_summary(row, cell.shown) for row in rows.values()))
+        if opts.cell_log is not None:
+            entry = {"suite": desc, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys),
+                     "commit": git_commit(), "result": results[-1]}
+            with open(opts.cell_log, "a") as fh:
+                fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
     bar.close()
     return results
+
+
+def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Cells of an earlier, interrupted run with the same suite, seed, size and rows (``--resume``)."""
+    if not opts.resume or opts.cell_log is None or not opts.cell_log.exists():
+        return {}
+    done = {}
+    for line in opts.cell_log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the run was killed
+            continue
+        if (entry.get("suite"), entry.get("seed"), entry.get("quick"), entry.get("rows")) == \
+                (suite, opts.seed, opts.quick, list(row_keys)):
+            done[entry["result"]["cell"]] = entry["result"]
+    return done
 
 
 def _evaluate_row(spec: RowSpec, problem: Problem, ctx: Context,
@@ -1131,6 +1162,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None,
                         help="speed suite: seconds per configuration (default 300, quick 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the cells an interrupted run of the same suite, seed and rows logged "
+                        "in <out-dir>/benchmarks/cells.jsonl")
     return parser
 
 
@@ -1169,7 +1203,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
     opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
-                   timeout=args.timeout, progress=not args.no_progress)
+                   timeout=args.timeout, progress=not args.no_progress,
+                   cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     (args.out_dir / "benchmarks").mkdir(parents=True, exist_ok=True)
     command = _command_line(argv)

@@ -217,3 +217,18 @@ def test_bad_arguments_are_refused(args: list[str], message: str, capsys: pytest
         bench.main(args)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_reuses_logged_cells_and_only_those(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["accuracy", "--quick", "--estimators", "kde-scott", "--out-dir", str(tmp_path), "--no-progress"]
+    assert bench.main([*args, "--only", "P1 d=2"]) == 0
+    first = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"][0]
+    calls = []
+    real = bench.make_problem
+    monkeypatch.setattr(bench, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert bench.main([*args, "--only", "P1", "--resume"]) == 0
+    cells = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"]
+    assert cells[0] == first  # reused verbatim
+    assert {c[1] for c in calls} == {10}  # only the d = 10 cell was computed
+    assert bench.main([*args, "--only", "P1 d=2", "--seed", "1", "--resume"]) == 0  # other seed: recomputed
+    assert any(c[1] == 2 for c in calls)
