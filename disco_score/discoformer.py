@@ -215,27 +215,40 @@ class DiScoFormerOracle(Oracle):
         noisy = x + sigma * torch.randn(x.shape, generator=gen, dtype=torch.float64)
         return DiScoFormerOracle(self.estimator, noisy.to(self.samples.dtype), self._net)
 
-    def adapt(self, steps: int = 4, lr: float = 1e-3, n_queries: int = 256, seed: int = 0) -> "DiScoFormerOracle":
-        """Test-time adaptation: ``steps`` Adam steps on the label-free consistency loss
-        ``mean_i |S(x_i) - grad_y T(y)|_{y=x_i}|^2`` at the samples, on a copy of the query-side
-        weights (the sample encoding stays fixed, so memory stays linear in n). Returns a new
-        oracle; the shipped weights never change."""
+    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> "DiScoFormerOracle":
+        """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.
+
+        ``steps`` Adam steps (learning rate ``lr``) on a copy of the query side's bandwidth factors
+        and mixture biases (:meth:`~disco_score.model.DiScoFormerNet.temperature_parameters`), with
+        the samples fixed. The loss, cross-fitted over two random halves of the samples (encode one
+        half, query at up to ``n_queries`` points of the other), is Hyvärinen score matching
+        ``mean(|S|^2 / 2 + div S)`` — minimised by the true score, so it can correct the fit and not
+        only its self-consistency — plus the consistency loss ``|S - grad T|^2 / |S|^2`` between the
+        score head and the gradient of the log-density head. The divergence is exact for d <= 4
+        and a seeded Hutchinson estimate (Rademacher probes) above.
+        """
         steps = check_int(steps, "steps", minimum=0)
         lr = check_positive(lr, "lr")
         n_queries = check_int(n_queries, "n_queries")
+        n = self.samples.shape[0]
+        if steps and n < 8:
+            raise ValueError(f"adapt needs at least 8 samples (two halves to cross-fit); got {n}")
         net = copy.deepcopy(self._net)
-        params = [p for name, p in net.named_parameters() if not name.startswith(("embed", "sample_"))]
-        for p in params:
-            p.requires_grad_(True)
+        params = net.temperature_parameters()
         opt = torch.optim.Adam(params, lr=lr)
         z = self.whitening.forward(self.samples.to(torch.float64)).to(torch.float32)
         gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=gen)
+        halves = (perm[: n // 2], perm[n // 2:])
+        for p in params:
+            p.requires_grad_(True)
+        with torch.no_grad():
+            encoded = [net.encode(z[h][None], key_block=self.estimator.key_block) for h in halves]
         for _ in range(steps):
-            idx = torch.randperm(z.shape[0], generator=gen)[:n_queries]
-            yq = z[idx].clone().requires_grad_(True)
-            lp, sc = self._query(yq, net, grad=True)
-            (g,) = torch.autograd.grad(lp.sum(), yq, create_graph=True)
-            loss = ((sc - g) ** 2).sum(1).mean() / (sc.detach() ** 2).sum(1).mean().clamp_min(1e-12)
+            loss = z.new_zeros(())
+            for enc, held in zip(encoded, reversed(halves)):
+                y = z[held[:n_queries]][None].clone().requires_grad_(True)
+                loss = loss + _score_matching_and_consistency(net, enc, y, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -248,6 +261,22 @@ class DiScoFormerOracle(Oracle):
 
     def __repr__(self) -> str:
         return f"DiScoFormerOracle(n={self.samples.shape[0]}, d={self.dim})"
+
+
+def _score_matching_and_consistency(net: DiScoFormerNet, enc: EncodedSamples, y: torch.Tensor,
+                                     gen: torch.Generator) -> torch.Tensor:
+    """Held-out Hyvärinen loss mean(|S|^2/2 + div S) plus the consistency loss at queries y (1, m, d)."""
+    log_f, score = net.query(enc, y)
+    d = y.shape[-1]
+    if d <= 4:  # exact divergence: one backward pass per coordinate
+        div = sum(torch.autograd.grad(score[..., i].sum(), y, create_graph=True)[0][..., i] for i in range(d))
+    else:  # Hutchinson: E[v^T (dS/dy) v] with Rademacher v
+        v = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(y.dtype)
+        div = (torch.autograd.grad((score * v).sum(), y, create_graph=True)[0] * v).sum(-1)
+    hyvarinen = (0.5 * (score ** 2).sum(-1) + div).mean()
+    (grad_log_f,) = torch.autograd.grad(log_f.sum(), y, create_graph=True)
+    consistency = ((score - grad_log_f) ** 2).sum(-1).mean() / (score.detach() ** 2).sum(-1).mean().clamp_min(1e-12)
+    return hyvarinen + consistency
 
 
 def default_estimator() -> DiScoFormer:

@@ -435,3 +435,11 @@ class DiScoFormerNet(nn.Module):
 
     def forward(self, samples: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query(self.encode(samples), queries)
+
+    def temperature_parameters(self) -> list[nn.Parameter]:
+        """The query side's few scalar knobs: per-head bandwidth factors and the mixture gate's
+        biases. Test-time adaptation moves only these (a few hundred held-out points cannot pin
+        down more without damaging mixtures; see docs/experiments.md)."""
+        names = {f"query_blocks.{i}.log_factor" for i in range(len(self.query_blocks))}
+        names |= {"mix.bias", "local.log_factor", "mix_local.bias"}
+        return [p for name, p in self.named_parameters() if name in names]

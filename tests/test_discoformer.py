@@ -155,6 +155,13 @@ def test_adapt_returns_new_oracle_and_leaves_weights(model: DiScoFormer, mixture
     torch.testing.assert_close(oracle.score(y), s0, rtol=0, atol=0)
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, before[k]), k
+    moved = {name for (name, a), b in zip(adapted._net.named_parameters(), model.net.parameters())
+             if not torch.equal(a, b)}
+    allowed = {name for name, p in adapted._net.named_parameters()
+               if any(p is q for q in adapted._net.temperature_parameters())}
+    assert moved and moved <= allowed  # only the bandwidth factors and gate biases adapt
+    with pytest.raises(ValueError, match="at least 8 samples"):
+        model.fit(x[:5]).adapt(steps=1)
     with pytest.raises(ValueError, match="steps"):
         oracle.adapt(steps=-1)
     with pytest.raises(ValueError, match="lr"):
