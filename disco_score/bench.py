@@ -23,6 +23,7 @@ row or suite is recorded (exception text in the JSON and the markdown) and the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -342,6 +343,8 @@ class Options:
     #: loses at most one cell; with ``resume`` the cells already logged are reused, not re-run
     cell_log: Path | None = None
     resume: bool = False
+    #: targets per cell instead of the protocol's (fewer: a cheaper, noisier sweep)
+    targets: int | None = None
 
     def rows(self, suite: str) -> list[str]:
         known = SPEED_ESTIMATORS if suite == "speed" else ESTIMATORS
@@ -362,7 +365,8 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
     ``seconds`` (mean fit + evaluate time per target), ``status`` ("ok", "failed", "n/a"), ``error``.
     """
     specs = [ESTIMATORS[key] for key in row_keys]
-    cells = [cell for cell in cells if opts.selected(cell.label)]
+    cells = [dataclasses.replace(cell, n_targets=opts.targets or cell.n_targets)
+             for cell in cells if opts.selected(cell.label)]
     done = _logged_cells(opts, desc, row_keys)
     results = []
     bar = tqdm(total=sum(c.n_targets for c in cells), desc=desc, disable=not opts.progress, leave=False)
@@ -387,7 +391,7 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
                         "seeds": seeds, "rows": rows})
         logger.info("%s: %s", cell.label, "; ".join(_row_summary(row, cell.shown) for row in rows.values()))
         if opts.cell_log is not None:
-            entry = {"suite": desc, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys),
+            entry = {"suite": desc, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys), "targets": opts.targets,
                      "commit": git_commit(), "result": results[-1]}
             with open(opts.cell_log, "a") as fh:
                 fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
@@ -405,8 +409,8 @@ def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[st
             entry = json.loads(line)
         except json.JSONDecodeError:  # a line cut short when the run was killed
             continue
-        if (entry.get("suite"), entry.get("seed"), entry.get("quick"), entry.get("rows")) == \
-                (suite, opts.seed, opts.quick, list(row_keys)):
+        if (entry.get("suite"), entry.get("seed"), entry.get("quick"), entry.get("rows"), entry.get("targets")) == \
+                (suite, opts.seed, opts.quick, list(row_keys), opts.targets):
             done[entry["result"]["cell"]] = entry["result"]
     return done
 
@@ -1162,6 +1166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None,
                         help="speed suite: seconds per configuration (default 300, quick 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--targets", type=int, default=None, metavar="N",
+                        help="targets per cell instead of the protocol's 8 (P2: 4) — cheaper, noisier")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the cells an interrupted run of the same suite, seed and rows logged "
                         "in <out-dir>/benchmarks/cells.jsonl")
@@ -1191,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
             re.compile(args.only)
         except re.error as exc:
             parser.error(f"--only is not a valid regular expression: {exc}")
+    if args.targets is not None and args.targets < 1:
+        parser.error("--targets must be a positive integer")
     if args.timeout is not None and not args.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
     old = None
@@ -1204,7 +1212,8 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
                    timeout=args.timeout, progress=not args.no_progress,
-                   cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume)
+                   cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume,
+                   targets=args.targets)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     (args.out_dir / "benchmarks").mkdir(parents=True, exist_ok=True)
     command = _command_line(argv)
