@@ -232,3 +232,13 @@ def test_resume_reuses_logged_cells_and_only_those(tmp_path: Path, monkeypatch: 
     assert {c[1] for c in calls} == {10}  # only the d = 10 cell was computed
     assert bench.main([*args, "--only", "P1 d=2", "--seed", "1", "--resume"]) == 0  # other seed: recomputed
     assert any(c[1] == 2 for c in calls)
+
+
+def test_row_above_its_size_limit_is_recorded_as_skipped(tmp_path: Path) -> None:
+    spec = bench.ESTIMATORS["sdkde-discoformer"]
+    assert spec.max_n is not None
+    problem = bench.make_problem("gmm", 2, spec.max_n + 1, 0, 0, m=8)
+    entry = bench._evaluate_row(spec, problem, bench.Context(), bench.query_metrics)
+    assert entry["status"] == "skipped" and f"n = {spec.max_n}" in entry["error"]
+    row = bench._aggregate(spec, [entry, entry])
+    assert row["status"] == "skipped" and bench._cell_text(row, "score_mse")[0] == f"not run (n > {spec.max_n})"
