@@ -14,13 +14,8 @@ jax = pytest.importorskip("jax")
 blackjax = pytest.importorskip("blackjax")
 import jax.numpy as jnp  # noqa: E402
 
-from _conjugate import (  # noqa: E402
-    Z_TOL,
-    check_posterior_draws,
-    make_problem,
-    moment_errors,
-    ula_stationary_cov,
-)
+from _conjugate import Z_TOL, check_posterior_draws  # noqa: E402
+from disco_score.integrations._conjugate import make_problem, moment_errors, ula_stationary_cov  # noqa: E402
 from disco_score import KDE  # noqa: E402
 from disco_score.base import Oracle  # noqa: E402
 from disco_score.integrations.blackjax import (  # noqa: E402

@@ -17,10 +17,8 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.diagnostics import effective_sample_size  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
-from _conjugate import (  # noqa: E402
-    KDE_GAP_BOUND,
-    Z_TOL,
-    check_posterior_draws,
+from _conjugate import KDE_GAP_BOUND, Z_TOL, check_posterior_draws  # noqa: E402
+from disco_score.integrations._conjugate import (  # noqa: E402
     estimator_gap,
     kde_reference,
     make_problem,

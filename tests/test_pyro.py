@@ -16,9 +16,8 @@ from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO  # noqa: E402
 from pyro.infer.autoguide import AutoMultivariateNormal  # noqa: E402
 from pyro.ops.stats import effective_sample_size  # noqa: E402
 
-from _conjugate import (  # noqa: E402
-    Z_TOL,
-    check_posterior_draws,
+from _conjugate import Z_TOL, check_posterior_draws  # noqa: E402
+from disco_score.integrations._conjugate import (  # noqa: E402
     kde_reference,
     make_problem,
     moment_errors,
