@@ -54,7 +54,7 @@ from .targets import GaussianMixture, ProductLaplace, ProductStudentT, Target, r
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("accuracy", "scaling", "speed", "downstream")
+SUITES = ("accuracy", "scaling", "speed", "downstream", "sampling", "ppl")
 #: fresh query points per target (protocol: m = 1024)
 N_QUERIES = 1024
 METRICS = ("relative_score_mse", "score_mse", "log_density_mse")
@@ -294,12 +294,22 @@ ESTIMATORS: dict[str, RowSpec] = {spec.key: spec for spec in [
 SPEED_ESTIMATORS = {"discoformer": "DiScoFormer", "kde-scott": "KDE (disco-score)",
                     "scipy-kde": "scipy.stats.gaussian_kde", "sklearn-kde": "sklearn KernelDensity"}
 
+#: score sources of the sampling suite, by key: what drives the samplers
+SAMPLING_SOURCES = {"exact": "exact score (reference)", "discoformer": "DiScoFormer", "kde-scott": "KDE (Scott)",
+                    "empirical": "raw empirical score (KDE, bandwidth 1e-3)"}
+#: prior estimators of the ppl suite, by key
+PPL_ESTIMATORS = {"discoformer": "DiScoFormer", "kde-scott": "KDE (Scott)"}
+#: rows of each suite that take other keys than ESTIMATORS
+SUITE_ROWS: dict[str, dict[str, str]] = {"speed": SPEED_ESTIMATORS, "sampling": SAMPLING_SOURCES, "ppl": PPL_ESTIMATORS}
+
 DEFAULT_ESTIMATORS = {
     "accuracy": ["discoformer", "discoformer-adapt", "kde-scott", ORACLE_KDE, "sdkde-empirical",
                  "sdkde-discoformer", "em"],
     "scaling": ["discoformer", "kde-scott", ORACLE_KDE, "sdkde-empirical", "em"],
     "speed": list(SPEED_ESTIMATORS),
     "downstream": ["discoformer", "kde-scott", "sdkde-empirical", "sdkde-discoformer", "sdkde-exact"],
+    "sampling": list(SAMPLING_SOURCES),
+    "ppl": list(PPL_ESTIMATORS),
 }
 
 
@@ -352,7 +362,7 @@ class Options:
     targets: int | None = None
 
     def rows(self, suite: str) -> list[str]:
-        known = SPEED_ESTIMATORS if suite == "speed" else ESTIMATORS
+        known = SUITE_ROWS.get(suite, ESTIMATORS)
         chosen = DEFAULT_ESTIMATORS[suite] if self.estimators is None else self.estimators
         return [key for key in chosen if key in known]
 
@@ -395,13 +405,18 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
                         "n": cell.n, "m": N_QUERIES, "targets": cell.n_targets, "shown": list(cell.shown),
                         "seeds": seeds, "rows": rows})
         logger.info("%s: %s", cell.label, "; ".join(_row_summary(row, cell.shown) for row in rows.values()))
-        if opts.cell_log is not None:
-            entry = {"suite": desc, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys), "targets": opts.targets,
-                     "commit": git_commit(), "result": results[-1]}
-            with open(opts.cell_log, "a") as fh:
-                fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
+        _log_cell(opts, desc, row_keys, results[-1])
     bar.close()
     return results
+
+
+def _log_cell(opts: Options, suite: str, row_keys: Sequence[str], result: dict[str, Any]) -> None:
+    """Append a finished cell to the cell log (``--resume`` reuses it)."""
+    if opts.cell_log is not None:
+        entry = {"suite": suite, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys),
+                 "targets": opts.targets, "commit": git_commit(), "result": result}
+        with open(opts.cell_log, "a") as fh:
+            fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
 
 
 def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -746,8 +761,195 @@ def _run_information(keys: Sequence[str], ctx: Context, opts: Options) -> dict[s
             "dims": list(dims), "n": n}
 
 
+# -- sampling ----------------------------------------------------------------------------------
+SAMPLING_METHODS = ("annealed Langevin", "DDIM (diffusers)")
+#: points of target 0 kept in the JSON for the scatter plot (d = 2)
+_KEPT_POINTS = 400
+
+
+def sampling_cells(quick: bool) -> list[Cell]:
+    """GMM-prior targets; n training points; the samplers generate as many points as the fresh set."""
+    if quick:
+        return [Cell("sampling", "gmm", 2, 256, 1, ("energy_distance", "memorization"))]
+    return [Cell("sampling", "gmm", d, 1024, 4, ("energy_distance", "memorization")) for d in (2, 10)]
+
+
+def _sampling_source(key: str, problem: Problem, ctx: Context) -> Estimator | Oracle:
+    if key == "exact":
+        return problem.target
+    if key == "discoformer":
+        from .discoformer import DiScoFormer
+
+        # scores only: skip the d <= 2 grid normalisation that each noise level would repeat
+        return DiScoFormer(ctx.discoformer().net, normalize=False)  # type: ignore[attr-defined]
+    if key == "kde-scott":
+        return KDE("scott")
+    if key == "empirical":
+        return KDE(bandwidth=1e-3)
+    raise ValueError(f"unknown sampling source {key!r}")
+
+
+#: sampler settings: the package defaults for annealed Langevin (levels from the data, 20 steps per
+#: level) and 50 DDIM steps; quick: 10 levels x 3 steps and 10 DDIM steps (a smoke test only)
+SAMPLING_SETTINGS = {False: {"annealed": {}, "ddim_steps": 50},
+                     True: {"annealed": {"n_levels": 10, "steps_per_level": 3}, "ddim_steps": 10}}
+
+
+def _generate(method: str, source: Estimator | Oracle, data: torch.Tensor, n_gen: int, quick: bool,
+              generator: torch.Generator) -> np.ndarray:
+    from . import samplers
+
+    if method == SAMPLING_METHODS[0]:
+        points, _ = samplers.annealed_langevin(source, data, n_samples=n_gen, generator=generator, progress=False,
+                                               **SAMPLING_SETTINGS[quick]["annealed"])
+        return np.asarray(points, dtype=np.float64)
+    from disco_score.integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(source, data), DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(num_samples=n_gen, num_inference_steps=SAMPLING_SETTINGS[quick]["ddim_steps"], generator=generator,
+               output_type="np")
+    return np.asarray(out.samples, dtype=np.float64)
+
+
+def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
+    """Generate with each (score source, sampler); energy distance to fresh draws, memorization."""
+    from . import samplers
+
+    sources = opts.rows("sampling")
+    cells = [dataclasses.replace(c, n_targets=opts.targets or c.n_targets)
+             for c in sampling_cells(opts.quick) if opts.selected(c.label)]
+    done = _logged_cells(opts, "sampling", sources)
+    results = []
+    for cell in cells:
+        if cell.label in done:
+            results.append(done[cell.label])
+            logger.info("%s: reused from %s", cell.label, opts.cell_log)
+            continue
+        n_gen = 200 if opts.quick else 1000
+        per: dict[str, list[dict[str, Any]]] = {f"{s}|{m}": [] for s in sources for m in SAMPLING_METHODS}
+        floors, references, kept = [], [], {}
+        for index in tqdm(range(cell.n_targets), desc=f"sampling d={cell.d}", disable=not opts.progress,
+                          leave=False):
+            # the queries are fresh draws of the target (independent of the training samples)
+            problem = make_problem(cell.family, cell.d, cell.n, index, opts.seed, m=n_gen)
+            fresh = problem.queries.numpy()
+            second = draw(problem.target, n_gen, torch.Generator().manual_seed(
+                derive_seed(opts.seed, "sampling-floor", cell.d, index))).numpy()
+            data = problem.samples
+            floors.append(samplers.energy_distance(second, fresh))
+            references.append(samplers.memorization_fraction(second, data))
+            if index == 0:
+                kept["data"] = data[:_KEPT_POINTS, :2].tolist()
+                kept["fresh"] = fresh[:_KEPT_POINTS, :2].tolist()
+            for source_key in sources:
+                for method in SAMPLING_METHODS:
+                    key = f"{source_key}|{method}"
+                    start = time.perf_counter()
+                    try:
+                        source = _sampling_source(source_key, problem, ctx)
+                        gen = torch.Generator().manual_seed(derive_seed(opts.seed, "sampling", cell.d, index))
+                        points = _generate(method, source, data, n_gen, opts.quick, gen)
+                        if not np.isfinite(points).all():
+                            raise FloatingPointError("non-finite generated points")
+                        entry = {"status": "ok", "seconds": time.perf_counter() - start,
+                                 "energy_distance": samplers.energy_distance(points, fresh),
+                                 "memorization": samplers.memorization_fraction(points, data)}
+                        if index == 0:
+                            kept[key] = np.round(points[:_KEPT_POINTS, :2], 4).tolist()
+                    except Exception as exc:  # recorded, the run goes on
+                        logger.debug("sampling %s failed", key, exc_info=True)
+                        entry = {"status": "failed", "error": _error_text(exc)}
+                    per[key].append(entry)
+        rows = {}
+        for key, entries in per.items():
+            source_key, method = key.split("|")
+            failures = [e["error"] for e in entries if e["status"] != "ok"]
+            row: dict[str, Any] = {"label": f"{SAMPLING_SOURCES[source_key]}, {method}",
+                                   "source": SAMPLING_SOURCES[source_key], "method": method,
+                                   "per_target": entries, "status": "failed" if failures else "ok",
+                                   "error": failures[0] if failures else None, "values": None}
+            if not failures:
+                row["values"] = {f: float(np.mean([e[f] for e in entries]))
+                                 for f in ("energy_distance", "memorization", "seconds")}
+            rows[key] = row
+        for key, row in rows.items():  # energy distance relative to the exact score, same sampler
+            exact = rows.get(f"exact|{row['method']}")
+            ok = row["status"] == "ok" and exact is not None and exact["status"] == "ok"
+            row["ratio_to_exact"] = (row["values"]["energy_distance"] / exact["values"]["energy_distance"]
+                                     if ok else None)
+        results.append({"cell": cell.label, "d": cell.d, "n": cell.n, "n_generated": n_gen,
+                        "targets": cell.n_targets, "settings": SAMPLING_SETTINGS[opts.quick], "floor": float(np.mean(floors)),
+                        "memorization_reference": float(np.mean(references)), "rows": rows, "kept": kept})
+        logger.info("%s: floor %.4f; %s", cell.label, results[-1]["floor"], "; ".join(
+            f"{r['source']}, {r['method']}: " + (f"{r['values']['energy_distance']:.4f}" if r["values"] else "failed")
+            for r in rows.values()))
+        _log_cell(opts, "sampling", sources, results[-1])
+    return {"cells": results}
+
+
+# -- ppl ---------------------------------------------------------------------------------------
+
+
+def run_ppl(opts: Options, ctx: Context) -> dict[str, Any]:
+    """NUTS in BlackJAX, NumPyro and Pyro on (sample-based prior) x Gaussian likelihood, against the
+    analytic posterior (``disco_score.integrations._conjugate``)."""
+    from disco_score.integrations import _conjugate as conj
+
+    keys = opts.rows("ppl")
+    if opts.quick and opts.estimators is None:
+        keys = ["kde-scott"]  # a DiScoFormer prior costs ~10x per gradient (n = 4000 keys); not a smoke test
+    dims = (2,) if opts.quick else (2, 5)
+    chains, warmup, draws = (2, 100, 100) if opts.quick else (4, 300, 500)
+    results = []
+    for d in dims:
+        label = f"ppl d={d}"
+        if not opts.selected(label):
+            continue
+        problem = conj.make_problem(d, seed=opts.seed)
+        mean, cov = problem.posterior()
+        rows: dict[str, Any] = {}
+        for key in keys:
+            try:
+                estimator: Any = ctx.discoformer() if key == "discoformer" else KDE("scott")
+                fitted = estimator.fit(problem.prior_samples)
+                gap = conj.estimator_gap(problem, fitted) if key == "kde-scott" else None
+            except Exception as exc:
+                for host in conj.HOSTS:
+                    rows[f"{key}|{host}"] = {"label": f"{PPL_ESTIMATORS[key]} / {host}",
+                                             "estimator": PPL_ESTIMATORS[key], "host": host, "status": "failed",
+                                             "error": _error_text(exc), "values": None}
+                continue
+            for host in tqdm(conj.HOSTS, desc=f"ppl d={d} {key}", disable=not opts.progress, leave=False):
+                row: dict[str, Any] = {"label": f"{PPL_ESTIMATORS[key]} / {host}",
+                                       "estimator": PPL_ESTIMATORS[key], "host": host, "values": None,
+                                       "error": None, "status": "ok"}
+                start = time.perf_counter()
+                try:
+                    host_chains = 1 if host == "pyro" else chains  # Pyro: one chain of chains x draws
+                    samples, ess = conj.nuts_draws(host, problem, estimator, chains=host_chains, warmup=warmup,
+                                                   draws=draws * chains // host_chains, seed=opts.seed)
+                    errors = conj.moment_errors(samples, mean, cov, ess)
+                    row["values"] = {**dataclasses.asdict(errors), "seconds": time.perf_counter() - start}
+                    if gap is not None:
+                        row["values"]["estimator_mean_gap"], row["values"]["estimator_cov_gap"] = gap
+                except Exception as exc:
+                    logger.debug("ppl %s %s failed", key, host, exc_info=True)
+                    row.update(status="failed", error=_error_text(exc))
+                rows[f"{key}|{host}"] = row
+        results.append({"cell": label, "d": d, "n_prior_samples": int(problem.prior_samples.shape[0]),
+                        "n_observations": int(problem.observations.shape[0]), "chains": chains,
+                        "warmup": warmup, "draws": draws, "rows": rows})
+        logger.info("%s: %s", label, "; ".join(
+            f"{r['estimator']} / {r['host']}: " + (f"mean err {r['values']['mean_err']:.3f} sd, cov {r['values']['cov_rel']:.3f}"
+                                                   if r["values"] else "failed") for r in rows.values()))
+    return {"cells": results}
+
+
 RUNNERS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
-    "accuracy": run_accuracy, "scaling": run_scaling, "speed": run_speed, "downstream": run_downstream}
+    "accuracy": run_accuracy, "scaling": run_scaling, "speed": run_speed, "downstream": run_downstream,
+    "sampling": run_sampling, "ppl": run_ppl}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -960,10 +1162,66 @@ def render_downstream(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_sampling(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for cell in result["cells"]:
+        lines += [f"### d = {cell['d']}: {cell['n']} training points, {cell['n_generated']} generated, "
+                  f"{cell['targets']} GMM-prior target(s)", "",
+                  f"Energy distance to {cell['n_generated']} fresh target draws (lower is better); its noise floor, "
+                  f"two independent fresh sets, is **{cell['floor']:.4g}**. Memorization: fraction of generated "
+                  f"points closer to a training point than that point's own nearest training neighbour; fresh "
+                  f"draws give **{cell['memorization_reference']:.3g}**, copies of the data give 1. "
+                  f"× exact: energy distance over the same sampler's with the exact score. Settings: "
+                  f"annealed Langevin {cell['settings']['annealed'] or 'package defaults'}, "
+                  f"DDIM {cell['settings']['ddim_steps']} steps.", "",
+                  "| score source | sampler | energy distance | × exact | memorization | s / target |",
+                  "|---|---|---|---|---|---|"]
+        for row in cell["rows"].values():
+            if row["status"] != "ok":
+                lines.append(f"| {row['source']} | {row['method']} | failed: {_short(row.get('error'))} |  |  |  |")
+                continue
+            v = row["values"]
+            lines.append(f"| {row['source']} | {row['method']} | {v['energy_distance']:.4g} | "
+                         f"{_ratio(row.get('ratio_to_exact'))} | {v['memorization']:.3g} | {v['seconds']:.3g} |")
+        lines.append("")
+    return lines
+
+
+def render_ppl(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for cell in result["cells"]:
+        lines += [f"### d = {cell['d']}: prior N(mu0, Sigma0) seen through {cell['n_prior_samples']} samples, "
+                  f"{cell['n_observations']} Gaussian observations", "",
+                  f"NUTS, {cell['warmup']} warm-up steps, {cell['chains']} chains x {cell['draws']} draws (Pyro: one "
+                  f"chain of {cell['chains'] * cell['draws']}). Errors against the analytic posterior: mean error = "
+                  f"max over coordinates of |mean error| in posterior sds, with its Monte-Carlo standard error "
+                  f"1/sqrt(ESS); covariance error = relative Frobenius error, with the error a sample covariance of "
+                  f"ESS exact draws would have; z = the largest error in standard errors (covariance: whitened "
+                  f"entries). For Scott KDE the exact posterior under the fitted KDE prior is also known: "
+                  f"\"estimator's own error\" is its distance from the analytic one (no sampling involved).", "",
+                  "| prior estimator | host | mean error [sd] | MC s.e. | z | cov. error | MC s.e. | z | min ESS | "
+                  "estimator's own error (mean, cov) | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in cell["rows"].values():
+            if row["status"] != "ok":
+                lines.append(f"| {row['estimator']} | {row['host']} | failed: {_short(row.get('error'))} |"
+                             + " |" * 9)
+                continue
+            v = row["values"]
+            own = (f"{v['estimator_mean_gap']:.3f}, {v['estimator_cov_gap']:.3f}" if "estimator_mean_gap" in v
+                   else "—")
+            lines.append(f"| {row['estimator']} | {row['host']} | {v['mean_err']:.3f} | {v['mean_se']:.3f} | "
+                         f"{v['mean_z']:.2f} | {v['cov_rel']:.3f} | {v['cov_se']:.3f} | {v['cov_z']:.2f} | "
+                         f"{min(v['ess_mean'], v['ess_cov']):.0f} | {own} | {v['seconds']:.3g} |")
+        lines.append("")
+    return lines
+
+
 RENDERERS = {"accuracy": render_accuracy, "scaling": render_scaling, "speed": render_speed,
-             "downstream": render_downstream}
+             "downstream": render_downstream, "sampling": render_sampling, "ppl": render_ppl}
 TITLES = {"accuracy": "Accuracy (protocols P1, P2, P3)", "scaling": "Scaling with n and d",
-          "speed": "Speed and memory", "downstream": "Downstream: SD-KDE, entropy, Fisher information"}
+          "speed": "Speed and memory", "downstream": "Downstream: SD-KDE, entropy, Fisher information",
+          "sampling": "Sampling with no training: annealed Langevin and DDIM driven by each score",
+          "ppl": "Probabilistic programming: NUTS with a sample-based prior against the analytic posterior"}
 
 
 def render_comparison(comparison: dict[str, Any]) -> list[str]:
@@ -1142,8 +1400,64 @@ def _plot_downstream(result: dict[str, Any], image_dir: Path, plt: Any) -> list[
     return [path]
 
 
+def _plot_sampling(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    cell = next((c for c in result["cells"] if c["d"] == 2 and c.get("kept")), None)
+    if cell is None:
+        return []
+    kept = cell["kept"]
+    sources = list(dict.fromkeys(key.split("|")[0] for key in cell["rows"]))
+    fig, axes = plt.subplots(len(SAMPLING_METHODS), len(sources) + 1,
+                             figsize=(3.2 * (len(sources) + 1), 3.2 * len(SAMPLING_METHODS)),
+                             sharex=True, sharey=True, squeeze=False)
+    data, fresh = np.asarray(kept["data"]), np.asarray(kept["fresh"])
+    axes[0, 0].scatter(data[:, 0], data[:, 1], s=2, c="0.3")
+    axes[0, 0].set_title("training data (first target)", fontsize=8)
+    axes[1, 0].scatter(fresh[:, 0], fresh[:, 1], s=2, c="0.3")
+    axes[1, 0].set_title("fresh target draws", fontsize=8)
+    for col, source in enumerate(sources, start=1):
+        for row_index, method in enumerate(SAMPLING_METHODS):
+            key = f"{source}|{method}"
+            ax = axes[row_index, col]
+            if key in kept:
+                pts = np.asarray(kept[key])
+                ax.scatter(pts[:, 0], pts[:, 1], s=2, c=f"C{col}")
+            ax.set_title(f"{SAMPLING_SOURCES[source]}\n{method}", fontsize=8)
+    fig.suptitle("Generated points, d = 2 (the first target of the sampling suite)")
+    fig.tight_layout()
+    path = image_dir / "bench_sampling.png"
+    fig.savefig(path, dpi=100)
+    return [path]
+
+
+def _plot_ppl(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    cells = [c for c in result["cells"] if any(r["status"] == "ok" for r in c["rows"].values())]
+    if not cells:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, (figure, se, title) in zip(axes, [("mean_err", "mean_se", "max mean error [posterior sd]"),
+                                               ("cov_rel", "cov_se", "relative covariance error")]):
+        labels, values, errors = [], [], []
+        for cell in cells:
+            for row in cell["rows"].values():
+                if row["status"] == "ok":
+                    labels.append(f"d={cell['d']} {row['estimator']} / {row['host']}")
+                    values.append(row["values"][figure])
+                    errors.append(row["values"][se])
+        y = np.arange(len(labels))
+        ax.barh(y, values, color=["C0" if "DiScoFormer" in lab else "C1" for lab in labels])
+        ax.errorbar(errors, y, fmt="k|", ms=12, label="Monte-Carlo s.e.")
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xlabel(title)
+        ax.legend(fontsize=7)
+    fig.suptitle("NUTS posterior with a sample-based prior vs the analytic posterior")
+    fig.tight_layout()
+    path = image_dir / "bench_ppl.png"
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
 PLOTTERS = {"accuracy": _plot_accuracy, "scaling": _plot_scaling, "speed": _plot_speed,
-            "downstream": _plot_downstream}
+            "downstream": _plot_downstream, "sampling": _plot_sampling, "ppl": _plot_ppl}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1165,7 +1479,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    known = sorted(set(ESTIMATORS) | set(SPEED_ESTIMATORS))
+    known = sorted(set(ESTIMATORS).union(*SUITE_ROWS.values()))
     parser = argparse.ArgumentParser(
         prog="python -m disco_score.bench",
         description="Benchmarks of disco-score against classical baselines; writes benchmarks/<suite>.json, "
@@ -1206,7 +1520,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    known = set(ESTIMATORS) | set(SPEED_ESTIMATORS)
+    known = set(ESTIMATORS).union(*SUITE_ROWS.values())
     unknown = [key for key in args.estimators or [] if key not in known]
     if unknown:
         parser.error(f"unknown estimator key(s) {unknown}; choose from {sorted(known)}")

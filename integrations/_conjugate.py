@@ -1,8 +1,8 @@
 """The conjugate Gaussian check for a prior known only through samples.
 
 Shared by the BlackJAX, NumPyro and Pyro adapter tests and by the benchmark's ``ppl`` suite, so
-both measure the same thing. Needs numpy only (no host library): the samplers' draws come in as
-arrays, and each caller passes its host library's own effective-sample-size function.
+both measure the same thing. The problem and the error measures need numpy only; :func:`nuts_draws`
+imports its host library when called.
 
 The problem: a prior ``N(mu0, Sigma0)`` known only through ``n`` samples, ``k`` observations
 ``y_i ~ N(theta, noise_sd^2 I)``. Two reference posteriors:
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ConjugateProblem", "make_problem", "MomentErrors", "moment_errors", "kde_reference",
-           "estimator_gap", "ula_stationary_cov"]
+           "estimator_gap", "ula_stationary_cov", "HOSTS", "nuts_draws"]
 
 
 def _logsumexp(values: np.ndarray) -> float:
@@ -176,3 +176,108 @@ def estimator_gap(problem: ConjugateProblem, oracle: Any) -> tuple[float, float]
     mean, cov = problem.posterior()
     return (float(np.max(np.abs(kde_mean - mean) / np.sqrt(np.diag(cov)))),
             float(np.linalg.norm(kde_cov - cov) / np.linalg.norm(cov)))
+
+
+#: hosts :func:`nuts_draws` knows
+HOSTS = ("blackjax", "numpyro", "pyro")
+
+
+def nuts_draws(host: str, problem: ConjugateProblem, estimator: Any, *, chains: int = 4, warmup: int = 200,
+               draws: int = 300, seed: int = 0) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """NUTS on (sample-based prior from ``estimator``) x Gaussian likelihood in one host library.
+
+    Each host is driven the way its users write it: BlackJAX with window adaptation and ``vmap``-ed
+    chains on :func:`disco_score.integrations.blackjax.logdensity_fn`; NumPyro and Pyro with the
+    ``EmpiricalDistribution`` prior inside a model (the issue's contract). Pyro runs one chain of
+    ``chains * draws`` draws (its multi-chain mode forks processes).
+
+    Returns:
+        (draws (chains, draws, d) float64, the host's effective-sample-size function for
+        :func:`moment_errors`).
+    """
+    if host == "blackjax":
+        return _blackjax_nuts(problem, estimator, chains, warmup, draws, seed)
+    if host == "numpyro":
+        return _numpyro_nuts(problem, estimator, chains, warmup, draws, seed)
+    if host == "pyro":
+        return _pyro_nuts(problem, estimator, chains, warmup, draws, seed)
+    raise ValueError(f"host must be one of {HOSTS}; got {host!r}")
+
+
+def _blackjax_nuts(problem: ConjugateProblem, estimator: Any, chains: int, warmup: int, draws: int,
+                   seed: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    from disco_score.base import Oracle
+
+    from .blackjax import logdensity_fn
+
+    oracle = estimator if isinstance(estimator, Oracle) else estimator.fit(problem.prior_samples)
+    log_prior = logdensity_fn(oracle)
+
+    def logpost(theta: Any) -> Any:
+        return log_prior(theta) + problem.log_likelihood(theta, jnp)
+
+    key_warmup, key_start, key_run = jax.random.split(jax.random.key(seed), 3)
+    warm = blackjax.window_adaptation(blackjax.nuts, logpost)
+    (state, params), _ = warm.run(key_warmup, jnp.asarray(problem.prior_samples.mean(0), jnp.float32),
+                                  num_steps=warmup)
+    nuts = blackjax.nuts(logpost, **params)
+    starts = state.position + 0.3 * jax.random.normal(key_start, (chains, problem.dim))
+
+    @jax.jit
+    def run(key: Any) -> Any:
+        def one_step(states: Any, key: Any) -> Any:
+            states, _ = jax.vmap(nuts.step)(jax.random.split(key, chains), states)
+            return states, states.position
+
+        _, positions = jax.lax.scan(one_step, jax.vmap(nuts.init)(starts), jax.random.split(key, draws))
+        return positions
+
+    out = np.asarray(run(key_run)).transpose(1, 0, 2).astype(np.float64)
+    return out, lambda x: np.asarray(blackjax.ess(jnp.asarray(x), chain_axis=0, sample_axis=1))
+
+
+def _numpyro_nuts(problem: ConjugateProblem, estimator: Any, chains: int, warmup: int, draws: int,
+                  seed: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.diagnostics import effective_sample_size
+    from numpyro.infer import MCMC, NUTS
+
+    from .numpyro import EmpiricalDistribution
+
+    def model(y: Any) -> None:
+        theta = numpyro.sample("theta", EmpiricalDistribution(problem.prior_samples, estimator))
+        numpyro.sample("y", dist.Normal(theta, problem.noise_sd).to_event(1), obs=y)
+
+    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(seed), jnp.asarray(problem.observations, dtype=jnp.float32))
+    out = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], dtype=np.float64)
+    return out, lambda x: np.asarray(effective_sample_size(np.asarray(x)))
+
+
+def _pyro_nuts(problem: ConjugateProblem, estimator: Any, chains: int, warmup: int, draws: int,
+               seed: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from pyro.infer import MCMC, NUTS
+    from pyro.ops.stats import effective_sample_size
+
+    from .pyro import EmpiricalDistribution
+
+    def model(y: Any) -> None:
+        theta = pyro.sample("theta", EmpiricalDistribution(problem.prior_samples, estimator))
+        pyro.sample("y", dist.Normal(theta, problem.noise_sd).to_event(1), obs=y)
+
+    pyro.set_rng_seed(seed)
+    mcmc = MCMC(NUTS(model), num_samples=chains * draws, warmup_steps=warmup, disable_progbar=True)
+    mcmc.run(torch.tensor(problem.observations, dtype=torch.float32))
+    out = mcmc.get_samples(group_by_chain=True)["theta"].double().numpy()
+    return out, lambda x: effective_sample_size(torch.as_tensor(x), chain_dim=0, sample_dim=1).numpy()

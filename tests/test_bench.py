@@ -242,3 +242,33 @@ def test_row_above_its_size_limit_is_recorded_as_skipped(tmp_path: Path) -> None
     assert entry["status"] == "skipped" and f"n = {spec.max_n}" in entry["error"]
     row = bench._aggregate(spec, [entry, entry])
     assert row["status"] == "skipped" and bench._cell_text(row, "score_mse")[0] == f"not run (n > {spec.max_n})"
+
+
+def test_sampling_quick_ranks_sources_and_flags_copying(tmp_path: Path) -> None:
+    """Exact and KDE scores generate near the target; the raw empirical score copies the data."""
+    assert _run(tmp_path, "sampling", "--quick", "--estimators", "exact", "kde-scott", "empirical") == 0
+    (cell,) = _load(tmp_path, "sampling")["cells"]
+    rows = cell["rows"]
+    assert set(rows) == {f"{s}|{m}" for s in ("exact", "kde-scott", "empirical") for m in bench.SAMPLING_METHODS}
+    assert all(row["status"] == "ok" for row in rows.values())
+    # fresh draws sit at the floor; overdispersed or collapsed sets would not (see test_samplers)
+    assert cell["floor"] < rows["exact|DDIM (diffusers)"]["values"]["energy_distance"] < 3 * cell["floor"]
+    assert rows["exact|annealed Langevin"]["ratio_to_exact"] == pytest.approx(1.0)
+    assert rows["empirical|DDIM (diffusers)"]["values"]["memorization"] > 0.9
+    assert rows["kde-scott|DDIM (diffusers)"]["values"]["memorization"] < cell["memorization_reference"] + 0.2
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "raw empirical score" in text and (tmp_path / "docs" / "images" / "bench_sampling.png").exists()
+
+
+def test_ppl_quick_kde_prior_matches_the_analytic_posterior(tmp_path: Path) -> None:
+    """NUTS in all three hosts with a Scott-KDE prior: within Monte-Carlo error plus the KDE's own
+    (exactly known) error of the analytic posterior."""
+    assert _run(tmp_path, "ppl", "--quick") == 0
+    (cell,) = _load(tmp_path, "ppl")["cells"]
+    assert {row["host"] for row in cell["rows"].values()} == {"blackjax", "numpyro", "pyro"}
+    for row in cell["rows"].values():
+        assert row["status"] == "ok", row["error"]
+        v = row["values"]
+        assert v["mean_err"] < 5 * v["mean_se"] + v["estimator_mean_gap"]
+        assert v["cov_rel"] < 5 * v["cov_se"] + v["estimator_cov_gap"]
+    assert "analytic posterior" in (tmp_path / "BENCHMARKS.md").read_text()

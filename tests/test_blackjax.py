@@ -15,7 +15,12 @@ blackjax = pytest.importorskip("blackjax")
 import jax.numpy as jnp  # noqa: E402
 
 from _conjugate import Z_TOL, check_posterior_draws  # noqa: E402
-from disco_score.integrations._conjugate import make_problem, moment_errors, ula_stationary_cov  # noqa: E402
+from disco_score.integrations._conjugate import (  # noqa: E402
+    make_problem,
+    moment_errors,
+    nuts_draws,
+    ula_stationary_cov,
+)
 from disco_score import KDE  # noqa: E402
 from disco_score.base import Oracle  # noqa: E402
 from disco_score.integrations.blackjax import (  # noqa: E402
@@ -90,29 +95,8 @@ def test_nuts_window_adaptation_matches_conjugate_posterior(dim):
     """NUTS on (Scott KDE of 4000 prior samples) x Gaussian likelihood, 4 vmapped chains."""
     problem = make_problem(dim)
     oracle = KDE("scott").fit(problem.prior_samples)
-    log_prior = logdensity_fn(oracle)
-    y = jnp.asarray(problem.observations, dtype=jnp.float32)
-
-    def logpost(theta):
-        return log_prior(theta) - 0.5 * jnp.sum((y - theta) ** 2) / problem.noise_sd ** 2
-
-    warmup = blackjax.window_adaptation(blackjax.nuts, logpost)
-    (state, params), _ = warmup.run(jax.random.key(0), jnp.zeros(dim), num_steps=200)
-    nuts = blackjax.nuts(logpost, **params)
-    chains, draws = 4, 300
-    starts = state.position + 0.3 * jax.random.normal(jax.random.key(1), (chains, dim))
-
-    @jax.jit
-    def run(key):
-        def one_step(states, key):
-            states, _ = jax.vmap(nuts.step)(jax.random.split(key, chains), states)
-            return states, states.position
-
-        _, positions = jax.lax.scan(one_step, jax.vmap(nuts.init)(starts), jax.random.split(key, draws))
-        return positions
-
-    samples = np.asarray(run(jax.random.key(2))).transpose(1, 0, 2).astype(np.float64)
-    check_posterior_draws("blackjax NUTS", problem, oracle, samples, _ess)
+    samples, ess = nuts_draws("blackjax", problem, oracle, chains=4, warmup=200, draws=300)
+    check_posterior_draws("blackjax NUTS", problem, oracle, samples, ess)
 
 
 @pytest.mark.parametrize("algorithm", ["hmc", "mala"])

@@ -23,6 +23,7 @@ from disco_score.integrations._conjugate import (  # noqa: E402
     kde_reference,
     make_problem,
     moment_errors,
+    nuts_draws,
     ula_stationary_cov,
 )
 from disco_score import KDE  # noqa: E402
@@ -84,13 +85,9 @@ def test_x64_log_prob_is_float64_and_exact(problem, estimator):
 def test_contract_nuts_matches_conjugate_posterior(dim, estimator):
     """NUTS, 4 vectorized chains: likelihood x sample-based prior = the analytic posterior."""
     problem = make_problem(dim)
-    model = conjugate_model(problem.prior_samples, estimator)
-    mcmc = MCMC(NUTS(model), num_warmup=200, num_samples=300, num_chains=4,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.key(0), jnp.asarray(problem.observations, dtype=jnp.float32))
-    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], dtype=np.float64)
+    draws, ess = nuts_draws("numpyro", problem, estimator, chains=4, warmup=200, draws=300)
     oracle = EmpiricalDistribution(problem.prior_samples, estimator).oracle
-    check_posterior_draws("numpyro NUTS", problem, oracle, draws, effective_sample_size)
+    check_posterior_draws("numpyro NUTS", problem, oracle, draws, ess)
 
 
 @pytest.mark.parametrize("dim", [2, 5])

@@ -21,6 +21,7 @@ from disco_score.integrations._conjugate import (  # noqa: E402
     kde_reference,
     make_problem,
     moment_errors,
+    nuts_draws,
     ula_stationary_cov,
 )
 from disco_score import KDE  # noqa: E402
@@ -86,14 +87,10 @@ def test_log_prob_value_gradient_and_gradcheck(problem, estimator, oracle):
 
 @pytest.mark.parametrize("dim", [2, pytest.param(5, marks=pytest.mark.slow)])
 def test_contract_nuts_matches_conjugate_posterior(dim, estimator):
-    pyro.set_rng_seed(0)
     problem = make_problem(dim)
-    model = conjugate_model(problem.prior_samples, estimator)
-    mcmc = MCMC(NUTS(model), num_samples=500, warmup_steps=200, disable_progbar=True)
-    mcmc.run(torch.tensor(problem.observations, dtype=torch.float32))
-    draws = mcmc.get_samples(group_by_chain=True)["theta"].double().numpy()
+    draws, ess = nuts_draws("pyro", problem, estimator, chains=1, warmup=200, draws=500)
     oracle = EmpiricalDistribution(problem.prior_samples, estimator).oracle
-    check_posterior_draws("pyro NUTS", problem, oracle, draws, _ess)
+    check_posterior_draws("pyro NUTS", problem, oracle, draws, ess)
 
 
 def test_svi_recovers_conjugate_posterior(problem, estimator, oracle):
