@@ -1101,6 +1101,10 @@ def render_scaling(result: dict[str, Any]) -> list[str]:
         lines += [f"### Relative score MSE against d at n = {sweep[0]['n']} (GMM prior; "
                   f"{sweep[0]['targets']} targets per point)", ""]
         lines += _sweep_table(sweep, "d", "relative_score_mse") + [""]
+    missing = [c.label for c in scaling_cells(bool(result.get("meta", {}).get("quick")))
+               if c.label not in {cell["cell"] for cell in cells}]
+    if missing:
+        lines += [f"Not run in this run (left out with `--only`): {', '.join(missing)}.", ""]
     return lines
 
 

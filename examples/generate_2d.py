@@ -1,9 +1,11 @@
 """Generate new points from a 2-D data set with no network trained on it.
 
 The data are "two moons" (made with numpy). The noise-conditional score of the data comes from an
-estimator fitted to them: Scott-bandwidth KDE, and the pretrained DiScoFormer. Each drives two
-samplers: diffusers' DDIMScheduler through :class:`EmpiricalDiffusionPipeline`, and annealed
-Langevin dynamics (:func:`disco_score.samplers.annealed_langevin`). The figure compares them with
+estimator fitted to them: Scott-bandwidth KDE, and the pretrained DiScoFormer. Each drives three
+samplers: diffusers' DDIMScheduler through :class:`EmpiricalDiffusionPipeline`, annealed Langevin
+dynamics (:func:`disco_score.samplers.annealed_langevin`), and plain unadjusted Langevin
+(:func:`disco_score.samplers.langevin`) on the fitted oracle's own score, started from a Gaussian
+with the data's mean and covariance. The figure compares them with
 the data; titles give the energy distance to fresh draws of the same distribution (lower is
 better; the data's own value is the floor) and the memorization fraction (fresh draws give the
 reference value; a sampler that copies the data gives 1).
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--ddim-steps", type=int, default=16)
     parser.add_argument("--levels", type=int, default=10, help="annealed Langevin noise levels")
     parser.add_argument("--steps-per-level", type=int, default=10)
+    parser.add_argument("--langevin-steps", type=int, default=300, help="plain Langevin steps")
+    parser.add_argument("--langevin-step-size", type=float, default=5e-3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -70,18 +74,25 @@ def main() -> None:
         panels[(name, "annealed Langevin")], _ = samplers.annealed_langevin(
             estimator, data, n_samples=args.n_samples, n_levels=args.levels,
             steps_per_level=args.steps_per_level, generator=gen, progress=False)
+        # plain Langevin needs no noise levels: the unsmoothed score of the fit, from a broad start
+        start = rng.multivariate_normal(data.mean(0), np.cov(data.T), size=args.n_samples)
+        panels[(name, "Langevin")], _ = samplers.langevin(
+            estimator.fit(data), start, step_size=args.langevin_step_size, n_steps=args.langevin_steps,
+            generator=gen, progress=False)
 
     floor = samplers.energy_distance(data[:args.n_samples], fresh)
     reference = samplers.memorization_fraction(fresh, data)
     print(f"{'':32s} energy distance  memorization")
     print(f"{'data (floor / reference)':32s} {floor:15.4f}  {reference:12.3f}")
-    fig, axes = plt.subplots(2, 3, figsize=(12, 7.6), sharex=True, sharey=True)
+    methods = ("DDIM", "annealed Langevin", "Langevin")
+    fig, axes = plt.subplots(len(methods), 3, figsize=(12, 11.4), sharex=True, sharey=True)
     axes[0, 0].scatter(data[:, 0], data[:, 1], s=3, c="0.3")
     axes[0, 0].set_title(f"data (n={args.n_data})")
     axes[1, 0].scatter(fresh[:, 0], fresh[:, 1], s=3, c="0.3")
     axes[1, 0].set_title(f"fresh draws: ED {floor:.3f}, mem {reference:.2f}")
+    axes[2, 0].axis("off")
     for col, name in enumerate(estimators, start=1):
-        for row, method in enumerate(("DDIM", "annealed Langevin")):
+        for row, method in enumerate(methods):
             points = panels[(name, method)]
             ed = samplers.energy_distance(points, fresh)
             mem = samplers.memorization_fraction(points, data)
