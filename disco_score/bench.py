@@ -14,6 +14,13 @@ Suites (definitions: ``shared/docs/benchmark-protocol.md``):
 * ``downstream``: integrated squared error of SD-KDE densities with the learned against the
   empirical score (d = 1, 2, exact GMM density on a grid), and entropy / Fisher-information
   estimates from :mod:`disco_score.information` when that module is present.
+* ``sampling``: annealed Langevin (package defaults) and DDIM (diffusers, 50 steps) driven by the
+  exact score, DiScoFormer, Scott KDE and the raw empirical score (KDE with a vanishing bandwidth)
+  on GMM-prior targets in d = 2 and 10: energy distance to fresh target draws (with the noise
+  floor of two fresh sets) and the memorization fraction.
+* ``ppl``: NUTS in BlackJAX, NumPyro and Pyro on a conjugate Gaussian problem whose prior is known
+  only through samples (DiScoFormer and Scott KDE priors), against the analytic posterior
+  (:mod:`disco_score.integrations._conjugate`); needs the jax/numpyro/pyro extras.
 
 Results go to ``<out-dir>/benchmarks/<suite>.json``; ``<out-dir>/BENCHMARKS.md`` and
 ``<out-dir>/docs/images/bench_*.png`` are regenerated from all suite JSON files present. A failing
