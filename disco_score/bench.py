@@ -194,6 +194,8 @@ class Problem:
         return int(self.target.weights.shape[-1]) if isinstance(self.target, GaussianMixture) else None
 
     def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        """``cache[key]``, calling ``build()`` on the first request only (e.g. one DiScoFormer fit or density
+        grid shared by all rows of the problem)."""
         if key not in self.cache:
             self.cache[key] = build()
         return self.cache[key]
@@ -223,6 +225,8 @@ class Context:
         self._discoformer_error: str | None = None
 
     def discoformer(self) -> Estimator:
+        """The pretrained DiScoFormer, loaded on the first call. If loading fails, the failure is kept and
+        every call raises RuntimeError with its text (no retry)."""
         if self._discoformer is None and self._discoformer_error is None:
             try:
                 from .discoformer import DiScoFormer
@@ -348,6 +352,7 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """``"<group> d=<d> n=<n>"``: the cell's key in the tables, the JSON, the cell log and ``--only``."""
         return f"{self.group} d={self.d} n={self.n}"
 
 
@@ -369,11 +374,14 @@ class Options:
     targets: int | None = None
 
     def rows(self, suite: str) -> list[str]:
+        """Row keys to run in ``suite``: ``--estimators`` (default: the suite's defaults), in that order,
+        keeping only the keys the suite knows."""
         known = SUITE_ROWS.get(suite, ESTIMATORS)
         chosen = DEFAULT_ESTIMATORS[suite] if self.estimators is None else self.estimators
         return [key for key in chosen if key in known]
 
     def selected(self, label: str) -> bool:
+        """Whether ``label`` matches ``--only`` (a regular expression, ``re.search``); always True without it."""
         return self.only is None or re.search(self.only, label) is not None
 
 
@@ -568,6 +576,8 @@ def fitted_slopes(cells: list[dict[str, Any]], metric: str = "relative_score_mse
 
 
 def run_scaling(opts: Options, ctx: Context) -> dict[str, Any]:
+    """Error against n (per d) and against d; adds the fitted log-log slopes and, per d, the slope
+    ``-4/(d+6)`` of KDE's theoretical score rate."""
     cells = run_cells(scaling_cells(opts.quick), opts.rows("scaling"), ctx, opts, desc="scaling")
     theory = {str(d): -4.0 / (d + 6) for d in SCALING_N_DIMS}
     return {"cells": cells, "slopes": fitted_slopes(cells), "kde_theory_slopes": theory}
@@ -721,6 +731,8 @@ def _grid_with_truth(target: Target) -> tuple[torch.Tensor, float, torch.Tensor]
 
 
 def downstream_cells(quick: bool) -> list[Cell]:
+    """The ISE cells: GMM-prior targets in d = 1, 2 at n = 256, 1024, 4096, 8 targets each
+    (``quick``: n = 256, 1 target)."""
     ns = (256,) if quick else (256, 1024, 4096)
     return [Cell("ISE", "gmm", d, n, 1 if quick else 8, ("ise",)) for d in (1, 2) for n in ns]
 
@@ -1033,6 +1045,8 @@ def _cell_text(row: dict[str, Any], metric: str) -> tuple[str, str]:
 
 
 def render_accuracy(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the accuracy suite: a table per group (P1, P2, P3 ...) with the ratios to the
+    oracle-tuned KDE and the published figures, then the check against the protocol's reference values."""
     lines: list[str] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     for cell in result["cells"]:
@@ -1099,6 +1113,8 @@ def _sweep_table(cells: list[dict[str, Any]], axis: str, metric: str,
 
 
 def render_scaling(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the scaling suite: error against n per d (with fitted slopes and KDE's
+    theoretical slope), error against d, and the cells left out of this run."""
     lines: list[str] = []
     cells = result["cells"]
     for d in sorted({c["d"] for c in cells if c["group"] == "vs n"}):
@@ -1121,6 +1137,8 @@ def render_scaling(result: dict[str, Any]) -> list[str]:
 
 
 def render_speed(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the speed suite: per d, wall time (with the ratio to the package's KDE) and
+    peak RSS against n = m; time-outs, OOM and failures by status."""
     lines = [f"Fit + evaluate with n = m; {result.get('dtype')}; evaluates {result.get('evaluates')}; "
              f"time-out {result.get('timeout_seconds'):g} s per configuration, each in its own process "
              f"(peak RSS includes the interpreter and the data). ×: time relative to the package's KDE "
@@ -1146,6 +1164,8 @@ def render_speed(result: dict[str, Any]) -> list[str]:
 
 
 def render_downstream(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the downstream suite: density ISE against n per d with ratios to SD-KDE
+    (empirical score), then the entropy / Fisher-information table and the estimators left out."""
     lines: list[str] = []
     cells = result["cells"]
     for d in sorted({c["d"] for c in cells}):
@@ -1179,6 +1199,8 @@ def render_downstream(result: dict[str, Any]) -> list[str]:
 
 
 def render_sampling(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the sampling suite: per cell, energy distance (with the noise floor and the
+    ratio to the exact score), memorization and seconds per target for each (score source, sampler)."""
     lines: list[str] = []
     for cell in result["cells"]:
         lines += [f"### d = {cell['d']}: {cell['n']} training points, {cell['n_generated']} generated, "
@@ -1204,6 +1226,8 @@ def render_sampling(result: dict[str, Any]) -> list[str]:
 
 
 def render_ppl(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for the ppl suite: per d, the NUTS posterior errors of each (prior estimator, host)
+    with Monte-Carlo standard errors, z-scores and the estimator's own error."""
     lines: list[str] = []
     for cell in result["cells"]:
         lines += [f"### d = {cell['d']}: prior N(mu0, Sigma0) seen through {cell['n_prior_samples']} samples, "
@@ -1246,6 +1270,7 @@ TITLES = {"accuracy": "Accuracy (protocols P1, P2, P3)", "scaling": "Scaling wit
 
 
 def render_comparison(comparison: dict[str, Any]) -> list[str]:
+    """Markdown lines for a :func:`compare` result: old, new and new / old for every figure in both runs."""
     old = comparison.get("old_meta", {})
     lines = [f"#### Compared with `{comparison['against']}` (commit `{old.get('commit')}`, {old.get('date')})", "",
              f"{len(comparison['rows'])} figures in both runs; {comparison['only_old']} only in the old run, "
@@ -1500,6 +1525,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m disco_score.bench`` (also ``disco-score bench``); see :func:`main`."""
     known = sorted(set(ESTIMATORS).union(*SUITE_ROWS.values()))
     parser = argparse.ArgumentParser(
         prog="python -m disco_score.bench",

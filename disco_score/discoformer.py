@@ -115,6 +115,11 @@ class DiScoFormer(Estimator):
         return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
 
     def fit(self, samples: ArrayLike) -> "DiScoFormerOracle":
+        """Condition on ``samples`` (n, d): whiten them and run the sample encoder once.
+
+        Returns an immutable :class:`DiScoFormerOracle` (in the samples' dtype and on their device); raises
+        ValueError if the samples are invalid, have no spread or are rank-deficient.
+        """
         x = as_samples(samples)
         return DiScoFormerOracle(self, x, self.net)
 

@@ -222,6 +222,12 @@ class KDE(Estimator):
         self.kernel = _check_kernel(kernel)
 
     def fit(self, samples: ArrayLike) -> KDEOracle:
+        """Condition on ``samples`` (n, d): a :class:`KDEOracle` with one kernel ``N(x_j, h^2 S)`` per sample.
+
+        ``h`` comes from the bandwidth rule (``"cv"``: leave-one-out likelihood over a grid), ``S`` from
+        ``kernel``. The oracle keeps a copy of the samples in their dtype (float32 or float64). Raises
+        ValueError if the samples are invalid, have no spread or are rank-deficient.
+        """
         x = as_samples(samples)
         Whitening.from_samples(x)  # rank and spread checks with a clear message
         n, d = x.shape
@@ -255,6 +261,12 @@ class SDKDE(Estimator):
         self.score = score
 
     def fit(self, samples: ArrayLike) -> KDEOracle:
+        """Condition on ``samples`` (n, d): a :class:`KDEOracle` on the shifted centres ``x_j + H s(x_j) / 2``.
+
+        ``H = h^2 S`` as for :class:`KDE`. The pilot score ``s`` is evaluated at the n samples themselves
+        (n queries: O(n^2) for the KDE and DiScoFormer pilots); a pilot of another dimension raises
+        ValueError. The centres keep the samples' dtype.
+        """
         x = as_samples(samples)
         Whitening.from_samples(x)
         n, d = x.shape

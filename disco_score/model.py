@@ -55,6 +55,7 @@ class ModelConfig:
     local_max_factor: float = 4.0
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict, as stored in the weights' model card (``ModelConfig(**d)`` restores it)."""
         return asdict(self)
 
 
@@ -166,11 +167,14 @@ def geometric_attention(pos_q: torch.Tensor, pos_k: torch.Tensor, scale_q: torch
 
 
 class MLP(nn.Module):
+    """Two-layer perceptron ``fc2(gelu(fc1(x)))`` with ``hidden`` units: (..., dim_in) -> (..., dim_out)."""
+
     def __init__(self, dim_in: int, dim_out: int, hidden: int) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim_in, hidden), nn.Linear(hidden, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim_in) -> (..., dim_out)."""
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -434,6 +438,11 @@ class DiScoFormerNet(nn.Module):
         return log_density, score
 
     def forward(self, samples: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened samples (B, n, d) and queries (B, m, d) -> (log-density (B, m), score (B, m, d)), whitened units.
+
+        Encodes the samples on every call (default block sizes); to query one sample set repeatedly, call
+        :meth:`encode` once and :meth:`query` per batch of queries.
+        """
         return self.query(self.encode(samples), queries)
 
     def temperature_parameters(self) -> list[nn.Parameter]:

@@ -439,6 +439,8 @@ class GaussianFit(Estimator):
     """
 
     def fit(self, samples: ArrayLike) -> Oracle:
+        """The exact oracle of ``N(mean, cov)`` of ``samples`` (n, d): a one-component
+        :class:`~disco_score.targets.GaussianMixture` in float64. ValueError for a degenerate cloud."""
         from .targets import GaussianMixture
         from .whitening import Whitening
 

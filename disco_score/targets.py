@@ -92,16 +92,21 @@ class GaussianMixture(Target):
         return self._log_weights[..., None] - self._log_norm[..., None] - 0.5 * mahal, diff
 
     def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(*B, m, d) -> (*B, m) exact log-density (nats): logsumexp over k of ``log(w_k N_k(x))``."""
         comp, _ = self._component_terms(x.to(self.compute_dtype))
         return torch.logsumexp(comp, dim=-2)
 
     def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(*B, m, d) -> (*B, m, d) exact score: the components' ``-Sigma_k^{-1} (x - mu_k)`` weighted by
+        their responsibilities at ``x``."""
         comp, diff = self._component_terms(x.to(self.compute_dtype))
         resp = torch.softmax(comp, dim=-2)  # (*B, K, m)
         prec_diff = torch.cholesky_solve(diff.transpose(-1, -2), self._chol).transpose(-1, -2)
         return -(resp.unsqueeze(-1) * prec_diff).sum(-3)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(*B, n, d) i.i.d. draws in ``compute_dtype``: a component per point from the weights (padding,
+        weight 0, is never picked), then a draw of that Gaussian."""
         n = check_int(n, "n")
         flat_w = self.weights.reshape(-1, self.weights.shape[-1])
         comp = torch.multinomial(flat_w, n, replacement=True, generator=generator)
@@ -131,12 +136,15 @@ class ProductLaplace(Target):
         self._freeze()
 
     def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (...) exact log-density (nats): the sum of ``-|x_i - loc| / scale - log(2 scale)``."""
         return (-(x - self.loc).abs() / self.scale - math.log(2 * self.scale)).sum(-1)
 
     def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., d) exact score ``-sign(x_i - loc) / scale`` (0 at the kink ``x_i = loc``)."""
         return -torch.sign(x - self.loc) / self.scale
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, d) i.i.d. draws in ``compute_dtype``, by the inverse CDF of uniforms from ``generator``."""
         u = torch.rand(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
         # rand can return exactly 0, where the inverse CDF below is -inf: keep u - 1/2 > -1/2.
         u = u.clamp(min=torch.finfo(self.compute_dtype).eps) - 0.5
@@ -157,14 +165,21 @@ class ProductStudentT(Target):
         self._freeze()
 
     def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (...) exact log-density (nats), summed over the independent coordinates."""
         t = (x - self.loc) / self.scale
         return (self._const - 0.5 * (self.df + 1) * torch.log1p(t * t / self.df)).sum(-1)
 
     def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., d) exact score ``-(df + 1) r / (df scale^2 + r^2)`` with ``r = x - loc``."""
         r = x - self.loc
         return -(self.df + 1) * r / (self.df * self.scale ** 2 + r * r)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, d) i.i.d. draws in ``compute_dtype``: ``loc + scale * N(0, 1) / sqrt(chi2_df / df)``.
+
+        torch's chi-square sampler takes no generator, so it runs on a fork of the global RNG seeded from
+        ``generator``: the draws are reproducible from ``generator`` alone.
+        """
         n = check_int(n, "n")
         normal = torch.randn(n, self.dim, generator=generator, dtype=self.compute_dtype)
         # Gamma draws take no generator in torch: fork the global RNG from a seed we draw.
@@ -184,18 +199,22 @@ class Funnel(Target):
         self._freeze()
 
     def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (...) exact log-density (nats) of ``N(x_0; 0, s^2) prod_{i>=1} N(x_i; 0, exp(x_0))``."""
         v, rest = x[..., 0], x[..., 1:]
         lp0 = -0.5 * (v / self.scale) ** 2 - math.log(self.scale) - 0.5 * math.log(2 * math.pi)
         k = rest.shape[-1]
         return lp0 - 0.5 * (rest * rest).sum(-1) * torch.exp(-v) - 0.5 * k * v - 0.5 * k * math.log(2 * math.pi)
 
     def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., d) exact score; the components i >= 1 are ``-x_i exp(-x_0)``, large in the
+        funnel's neck (``x_0`` very negative)."""
         v, rest = x[..., :1], x[..., 1:]
         k = rest.shape[-1]
         g0 = -v / self.scale ** 2 + 0.5 * (rest * rest).sum(-1, keepdim=True) * torch.exp(-v) - 0.5 * k
         return torch.cat([g0, -rest * torch.exp(-v)], dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, d) i.i.d. draws in ``compute_dtype``: ``x_0 = s eps_0``, ``x_i = exp(x_0 / 2) eps_i``, eps ~ N(0, I)."""
         eps = torch.randn(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
         v = self.scale * eps[:, :1]
         return torch.cat([v, eps[:, 1:] * torch.exp(0.5 * v)], dim=1)
@@ -216,16 +235,20 @@ class Banana(Target):
         return x[..., 1] - self.curvature * (x[..., 0] ** 2 - self.scale ** 2)
 
     def log_prob_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (...) exact log-density (nats) of
+        ``N(x_0; 0, s^2) N(x_1; b (x_0^2 - s^2), 1) prod_{i>=2} N(x_i; 0, 1)``."""
         r = self._residual(x)
         return (-0.5 * (x[..., 0] / self.scale) ** 2 - math.log(self.scale) - 0.5 * r * r
                 - 0.5 * (x[..., 2:] ** 2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi))
 
     def score_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., d) exact score."""
         r = self._residual(x)
         g0 = -x[..., 0] / self.scale ** 2 + r * 2 * self.curvature * x[..., 0]
         return torch.cat([g0[..., None], -r[..., None], -x[..., 2:]], dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, d) i.i.d. draws in ``compute_dtype``: ``x_0``, then ``x_1`` given ``x_0``; the rest standard normal."""
         eps = torch.randn(check_int(n, "n"), self.dim, generator=generator, dtype=self.compute_dtype)
         x0 = self.scale * eps[:, 0]
         x1 = eps[:, 1] + self.curvature * (x0 ** 2 - self.scale ** 2)

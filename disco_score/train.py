@@ -65,6 +65,11 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(raw: dict) -> "TrainConfig":
+        """A config from a JSON-style dict (a config file, or a checkpoint's ``config``).
+
+        The nested ``"model"`` dict becomes a :class:`ModelConfig` and lists for ``dims``/``dim_weights``
+        become tuples; unknown keys raise ValueError. ``raw`` is not modified.
+        """
         raw = dict(raw)
         model = ModelConfig(**raw.pop("model", {}))
         known = {f.name for f in fields(TrainConfig)}
@@ -285,6 +290,11 @@ def export(checkpoint: str | Path, weights_dir: str | Path, notes: dict | None =
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``disco-score train``: train (or resume) from ``--config``, or export a checkpoint with ``--export``.
+
+    Training resumes from ``<out_dir>/ckpt.pt`` when it exists, unless ``--no-resume``; ``--export CKPT``
+    writes that checkpoint's weights to ``--weights-dir`` and exits. Returns 0.
+    """
     parser = argparse.ArgumentParser(prog="disco-score train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="JSON file with TrainConfig fields (nested 'model' for ModelConfig)")
     parser.add_argument("--out-dir", help="override out_dir")

@@ -69,6 +69,7 @@ class Whitening:
 
     @property
     def dim(self) -> int:
+        """Dimension ``d`` of the map (the length of ``mean``)."""
         return int(self.mean.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

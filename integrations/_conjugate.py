@@ -44,6 +44,7 @@ class ConjugateProblem:
 
     @property
     def dim(self) -> int:
+        """Dimension ``d`` of ``theta`` (the length of ``prior_mean``)."""
         return self.prior_mean.shape[0]
 
     def log_likelihood(self, theta: Any, xp: Any = np) -> Any:

@@ -111,21 +111,27 @@ class EmpiricalDistribution(Distribution):
         return jnp.asarray(self._prior.samples)
 
     def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> Any:
+        """NumPyro's ``Distribution.sample``: ``sample_shape + (d,)`` points resampled uniformly with
+        replacement from the sample set using ``key`` (a bootstrap draw, not the smoothed density)."""
         pool = self.samples
         index = jax.random.randint(key, tuple(sample_shape) + self.batch_shape, 0, pool.shape[0])
         return pool[index]
 
     def log_prob(self, value: Any) -> Any:
+        """NumPyro's ``Distribution.log_prob``: the oracle's log-density (nats), (..., d) -> (...) in
+        ``value``'s dtype; differentiable with the oracle's score as gradient, under ``jit`` and ``vmap``."""
         if self._validate_args:
             self._validate_sample(value)
         return self._prior.bridge.log_density(value)
 
     @property
     def mean(self) -> Any:
+        """Mean of the sample set, (d,)."""
         return jnp.asarray(self._prior.samples.mean(0))
 
     @property
     def variance(self) -> Any:
+        """Per-coordinate variance of the sample set (ddof = 1), (d,)."""
         return jnp.asarray(self._prior.samples.var(0, ddof=1))
 
 
@@ -176,10 +182,12 @@ class Langevin(MCMCKernel):
 
     @property
     def model(self) -> Callable | None:
+        """The NumPyro model the kernel was built from (None when built from ``potential_fn``)."""
         return self._model
 
     @property
     def step_size(self) -> float:
+        """The Euler step (squared units of the unconstrained latent space)."""
         return self._step_size
 
     def _potential(self, model_args: tuple, model_kwargs: dict | None) -> Callable:
@@ -190,6 +198,13 @@ class Langevin(MCMCKernel):
 
     def init(self, rng_key: Any, num_warmup: int, init_params: Any, model_args: tuple,
              model_kwargs: dict | None) -> LangevinState:
+        """NumPyro's ``MCMCKernel.init``: the initial :class:`LangevinState`, with the potential and its
+        gradient evaluated at the start.
+
+        The start is ``init_params``, or with a model and no ``init_params`` the model's ``init_strategy``
+        initialisation. A batch of keys (``chain_method="vectorized"``) gives one state per chain (vmapped).
+        ``num_warmup`` is unused: there is nothing to adapt.
+        """
         self._vectorized = not is_prng_key(rng_key)
         if self._vectorized:
             rng_key, key_init = jnp.swapaxes(jax.vmap(jax.random.split)(rng_key), 0, 1)
@@ -213,12 +228,17 @@ class Langevin(MCMCKernel):
         return jax.vmap(init_one)(z, rng_key) if self._vectorized else init_one(z, rng_key)
 
     def postprocess_fn(self, model_args: tuple, model_kwargs: dict | None) -> Callable:
+        """NumPyro's ``MCMCKernel.postprocess_fn``: maps unconstrained samples to the model's constrained
+        sites (identity when built from ``potential_fn``, or before :meth:`init`)."""
         if self._postprocess_fn is None:
             return identity
         return self._postprocess_fn(*model_args, **(model_kwargs or {}))
 
     def sample(self, state: LangevinState, model_args: tuple, model_kwargs: dict | None
                ) -> LangevinState:
+        """NumPyro's ``MCMCKernel.sample``: one unadjusted Langevin step from ``state``,
+        ``z' = z - step_size * grad U(z) + sqrt(2 step_size) * xi`` with the gradient stored in ``state``
+        (no accept/reject); returns the next state with ``U`` and its gradient at ``z'``."""
         potential = self._potential(model_args, model_kwargs)
         step_size = self._step_size
 
@@ -234,4 +254,6 @@ class Langevin(MCMCKernel):
         return jax.vmap(step_one)(state) if self._vectorized else step_one(state)
 
     def get_diagnostics_str(self, state: LangevinState) -> str:
+        """NumPyro's progress-bar text: the step size and the potential energy (mean over chains when
+        vectorized)."""
         return f"step size {self._step_size:.2e}. potential {float(jnp.mean(state.potential_energy)):.3g}"

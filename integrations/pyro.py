@@ -119,21 +119,27 @@ class EmpiricalDistribution(dist.TorchDistribution):
                          validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Pyro's ``log_prob``: the oracle's log-density (nats), (..., d) -> (...) in ``value``'s dtype;
+        its backward gives the oracle's score (:func:`oracle_log_prob`)."""
         if self._validate_args:
             self._validate_sample(value)
         return oracle_log_prob(self.oracle, value)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Pyro's ``sample``: ``sample_shape + (d,)`` points resampled uniformly with replacement from
+        ``samples`` with torch's global RNG (a bootstrap draw, not the smoothed density)."""
         shape = torch.Size(sample_shape) + self.batch_shape
         index = torch.randint(self.samples.shape[0], shape, device=self.samples.device)
         return self.samples[index]
 
     @property
     def mean(self) -> torch.Tensor:
+        """Mean of the sample set, (d,), in ``samples``' dtype."""
         return self.samples.mean(0)
 
     @property
     def variance(self) -> torch.Tensor:
+        """Per-coordinate variance of the sample set (unbiased, ddof = 1), (d,)."""
         return self.samples.var(0)
 
 
@@ -194,13 +200,23 @@ class Langevin(MCMCKernel):
 
     @property
     def initial_params(self) -> dict[str, torch.Tensor] | None:
+        """Pyro's ``MCMCKernel.initial_params``: the starting point, a dict of unconstrained tensors per
+        site (given by :class:`pyro.infer.MCMC`, or found by :meth:`setup` from the model)."""
         return self._initial_params
 
     @initial_params.setter
     def initial_params(self, params: dict[str, torch.Tensor]) -> None:
+        """Set the starting point (:class:`pyro.infer.MCMC` passes its ``initial_params`` here)."""
         self._initial_params = params
 
     def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+        """Pyro's ``MCMCKernel.setup``: prepare the potential and evaluate its gradient at the start.
+
+        With a model, the potential, ``transforms`` and starting point come from ``initialize_model`` as for
+        :class:`pyro.infer.HMC` (``init_strategy`` unless ``initial_params`` were given). ``warmup_steps`` is
+        only recorded: there is nothing to adapt. Built from ``potential_fn`` without ``initial_params``:
+        ValueError.
+        """
         self._warmup_steps = warmup_steps
         if self.model is not None:
             init_params, self.potential_fn, self.transforms, _ = initialize_model(
@@ -217,9 +233,13 @@ class Langevin(MCMCKernel):
         self._potential_energy = float(potential_energy)
 
     def cleanup(self) -> None:
+        """Pyro's ``MCMCKernel.cleanup``: reset the step counters, drop the cached gradient and potential energy."""
         self._reset()
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pyro's ``MCMCKernel.sample``: one unadjusted Langevin step from ``params`` (a dict of unconstrained
+        tensors), ``z - step_size * grad U(z) + sqrt(2 step_size) * xi`` with torch's global RNG, no
+        accept/reject. The gradient at the new point is kept for the next step."""
         if self._z_grads is None or set(self._z_grads) != set(params):
             self._gradient_at({k: v.detach() for k, v in params.items()})
         assert self._z_grads is not None
@@ -232,8 +252,10 @@ class Langevin(MCMCKernel):
         return z.copy()
 
     def logging(self) -> "OrderedDict[str, str]":
+        """Pyro's progress-bar fields: the step size and the potential energy at the current state."""
         return OrderedDict([("step size", f"{self.step_size:.2e}"),
                             ("potential", f"{self._potential_energy:.3g}")])
 
     def diagnostics(self) -> dict:
+        """Pyro's ``MCMCKernel.diagnostics``: the step size (no acceptance rate: nothing is rejected)."""
         return {"step size": self.step_size}
