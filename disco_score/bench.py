@@ -592,11 +592,20 @@ def speed_configs(quick: bool) -> list[tuple[int, int]]:
 
 
 def _speed_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a child process: fit + evaluate one estimator once; peak RSS from getrusage."""
+    """Runs in a child process: fit + evaluate one estimator once; peak RSS from /proc (VmHWM)."""
     import resource
 
-    def rss_mb() -> float:  # ru_maxrss is in KiB on Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def rss_mb() -> float:
+        # VmHWM belongs to this process's own address space; getrusage's ru_maxrss survives
+        # fork + exec, so a child would report its parent's peak when that is larger.
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return float(line.split()[1]) / 1024.0  # kB
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
     key, d, n = config["estimator"], int(config["d"]), int(config["n"])
     gen = torch.Generator().manual_seed(int(config["seed"]))
