@@ -945,8 +945,7 @@ def run_ppl(opts: Options, ctx: Context) -> dict[str, Any]:
                 # the posterior under the prior density the samplers are given: exact for KDE,
                 # importance sampling for DiScoFormer; separates estimator error from sampler error
                 own_mean, own_cov = conj.own_reference(problem, fitted, seed=opts.seed)
-                gap = (float(np.max(np.abs(own_mean - mean) / np.sqrt(np.diag(cov)))),
-                       float(np.linalg.norm(own_cov - cov) / np.linalg.norm(cov)))
+                gap = conj.posterior_gap(problem, own_mean, own_cov)
             except Exception as exc:
                 for host in conj.HOSTS:
                     rows[f"{key}|{host}"] = {"label": f"{PPL_ESTIMATORS[key]} / {host}",

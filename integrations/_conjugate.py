@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ConjugateProblem", "make_problem", "MomentErrors", "moment_errors", "kde_reference",
-           "importance_reference", "own_reference", "estimator_gap", "ula_stationary_cov", "HOSTS", "nuts_draws"]
+           "importance_reference", "own_reference", "posterior_gap", "estimator_gap", "ula_stationary_cov", "HOSTS", "nuts_draws"]
 
 
 def _logsumexp(values: np.ndarray) -> float:
@@ -209,14 +209,18 @@ def own_reference(problem: ConjugateProblem, oracle: Any, **kwargs: Any) -> tupl
     return mean, cov
 
 
+def posterior_gap(problem: ConjugateProblem, mean: np.ndarray, cov: np.ndarray) -> tuple[float, float]:
+    """(max |mean gap| in true-posterior sds, relative covariance gap) between posterior moments
+    ``mean`` (d,), ``cov`` (d, d) and the true-prior analytic posterior."""
+    true_mean, true_cov = problem.posterior()
+    return (float(np.max(np.abs(mean - true_mean) / np.sqrt(np.diag(true_cov)))),
+            float(np.linalg.norm(cov - true_cov) / np.linalg.norm(true_cov)))
+
+
 def estimator_gap(problem: ConjugateProblem, oracle: Any, **kwargs: Any) -> tuple[float, float]:
-    """(max |mean gap| in true-posterior sds, relative covariance gap) between the posterior under
-    the fitted prior (:func:`own_reference`) and the true-prior analytic one: the estimator's own
-    error, before any sampling."""
-    own_mean, own_cov = own_reference(problem, oracle, **kwargs)
-    mean, cov = problem.posterior()
-    return (float(np.max(np.abs(own_mean - mean) / np.sqrt(np.diag(cov)))),
-            float(np.linalg.norm(own_cov - cov) / np.linalg.norm(cov)))
+    """:func:`posterior_gap` of the posterior under the fitted prior (:func:`own_reference`): the
+    estimator's own error, before any sampling."""
+    return posterior_gap(problem, *own_reference(problem, oracle, **kwargs))
 
 
 #: hosts :func:`nuts_draws` knows
