@@ -86,6 +86,13 @@ class DiScoFormer(Estimator):
             whitened coordinates, 1024 or 96 x 96 nodes over the sample range +- 4), so it
             integrates to 1 up to quadrature error. The network alone is normalised only
             approximately (its heads mix kernel estimates with learned, query-dependent weights).
+        convolution_threshold: ``smoothed(sigma)`` returns the exact convolution of the samples with
+            N(0, sigma^2 I) (a KDE with bandwidth sigma) from ``sigma >= convolution_threshold`` Scott
+            bandwidths (``data_sd * n^(-1/(d+4))``) up, and the network refitted on a noised copy
+            of the samples below. The default 0.4 is chosen for sample quality (annealed Langevin
+            energy distance, memorization no higher than fresh draws', d = 2 and 10); 1.5 gives the
+            lower score MSE against ``p * N(0, sigma^2 I)`` at intermediate sigma (docs/experiments.md,
+            sessions 4 and 5).
 
     Example:
         >>> import numpy as np
@@ -97,11 +104,12 @@ class DiScoFormer(Estimator):
     """
 
     def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, convolution_threshold: float = 0.4) -> None:
         self.net = net if net is not None else load_weights()[0]
         self.key_block = check_int(key_block, "key_block")
         self.query_block = check_int(query_block, "query_block")
         self.normalize = bool(normalize)
+        self.convolution_threshold = check_positive(convolution_threshold, "convolution_threshold")
 
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
@@ -213,18 +221,20 @@ class DiScoFormerOracle(Oracle):
         return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
 
     def _smoothed(self, sigma: float) -> Oracle:
-        # Two regimes, measured per noise level against exact mixture scores (docs/experiments.md,
-        # session 4). From ~1.5 Scott bandwidths (n^(-1/(d+4)) data sds) up, the empirical measure
+        # Two regimes (docs/experiments.md, sessions 4 and 5). At large sigma the empirical measure
         # convolved with N(0, sigma^2 I) -- a KDE with kernel sigma^2 I, exact to evaluate -- is the
         # better estimate of p * N(0, sigma^2 I) (d = 10, sigma = 1 sd: 1.3 % relative score MSE
-        # against 10 % for a refit). Below, the network is refitted on one noised copy of the
-        # samples, a sample of the convolved law, so samplers keep its smoothing and do not copy the
-        # data. (Several noised replicas made near-duplicate pairs at small sigma, which the network
-        # reads as tight clusters: 60 % error at d = 10 against 25 % for one copy.)
+        # against 10 % for a refit). Below the threshold the network is refitted on one noised copy
+        # of the samples, a sample of the convolved law, so samplers keep its smoothing and do not
+        # copy the data. By score MSE the switch belongs at ~1.5 Scott bandwidths; for sampling it
+        # belongs lower (0.4): the refit's error is a systematic outward bias that Langevin chains
+        # equilibrate to (over-dispersed samples), while the convolution's error is variance far
+        # from the data, where chains rarely go. (Several noised replicas made near-duplicate pairs
+        # at small sigma, which the network reads as tight clusters: 60 % error at d = 10.)
         n = self.samples.shape[0]
         x = self.samples.to(torch.float64)
         data_sd = math.sqrt(float(x.var(0).sum()) / self.dim)
-        if sigma >= 1.5 * data_sd * n ** (-1.0 / (self.dim + 4)):
+        if sigma >= self.estimator.convolution_threshold * data_sd * n ** (-1.0 / (self.dim + 4)):
             kernel = sigma ** 2 * torch.eye(self.dim, dtype=torch.float64, device=x.device)
             return KDEOracle(self.samples, kernel, sigma / data_sd)
         gen = torch.Generator().manual_seed(int(1e6 * sigma) % (2 ** 31))  # seeded: repeatable

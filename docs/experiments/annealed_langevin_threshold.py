@@ -1,6 +1,6 @@
 """Annealed Langevin at d = 10 (package defaults) with DiScoFormer's ``smoothed`` patched (docs/experiments.md, session 5).
 
-Usage: python docs/experiments/annealed_langevin_threshold.py C TARGETS THR
+Usage: python docs/experiments/annealed_langevin_threshold.py C TARGETS THR [D]   (D: dimension, default 10)
   THR: exact empirical convolution from THR Scott bandwidths h = data_sd * n^(-1/(d+4)) up (shipped: 1.5);
   C:   below it, refit on data + tau * noise with tau = sqrt(max(sigma^2 - (C h)^2, 0)) (C = 0: tau = sigma, shipped).
   TARGETS: comma-separated GMM target indices (bench.make_problem("gmm", 10, 1024, i, 0)).
@@ -11,7 +11,7 @@ from disco_score.bench import make_problem, Context
 from disco_score import discoformer as dm
 from disco_score.kde import KDEOracle
 torch.set_num_threads(1)
-THR = float(sys.argv[3]); c = float(sys.argv[1]); targets = [int(t) for t in sys.argv[2].split(",")]
+THR = float(sys.argv[3]); D = int(sys.argv[4]) if len(sys.argv) > 4 else 10; c = float(sys.argv[1]); targets = [int(t) for t in sys.argv[2].split(",")]
 def _smoothed(self, sigma):
     n = self.samples.shape[0]
     x = self.samples.to(torch.float64)
@@ -30,7 +30,7 @@ if c >= 0:
 est = dm.DiScoFormer(Context().discoformer().net, normalize=False)
 res, mem = [], []
 for index in targets:
-    p = make_problem("gmm", 10, 1024, index, 0)
+    p = make_problem("gmm", D, 1024, index, 0)
     g = torch.Generator().manual_seed(index)
     t = time.time()
     out, info = samplers.annealed_langevin(est, p.samples, n_samples=1000, generator=g, progress=False)
