@@ -27,6 +27,13 @@ from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
 
+#: ``smoothed(sigma)`` is the exact convolution of the samples from this many Scott bandwidths up
+#: (the refitted network below): the score-MSE optimum per noise level (docs/experiments.md, session 4)
+SMOOTHED_CONVOLUTION_THRESHOLD = 1.5
+#: the same switch inside annealed Langevin (d = 10 energy distance 0.248 -> 0.147, memorization as
+#: fresh draws'; docs/experiments.md, session 5)
+LANGEVIN_CONVOLUTION_THRESHOLD = 0.4
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_NAME = "discoformer"
 
@@ -89,10 +96,10 @@ class DiScoFormer(Estimator):
         convolution_threshold: ``smoothed(sigma)`` returns the exact convolution of the samples with
             N(0, sigma^2 I) (a KDE with bandwidth sigma) from ``sigma >= convolution_threshold`` Scott
             bandwidths (``data_sd * n^(-1/(d+4))``) up, and the network refitted on a noised copy
-            of the samples below. The default 0.4 is chosen for sample quality (annealed Langevin
-            energy distance, memorization no higher than fresh draws', d = 2 and 10); 1.5 gives the
-            lower score MSE against ``p * N(0, sigma^2 I)`` at intermediate sigma (docs/experiments.md,
-            sessions 4 and 5).
+            of the samples below. None (default): :data:`SMOOTHED_CONVOLUTION_THRESHOLD` (1.5: the
+            lowest score MSE against ``p * N(0, sigma^2 I)``, and deterministic samplers such as DDIM
+            do not copy the data), except in :func:`disco_score.samplers.annealed_langevin`, which
+            uses :data:`LANGEVIN_CONVOLUTION_THRESHOLD` (0.4; docs/experiments.md, session 5).
 
     Example:
         >>> import numpy as np
@@ -104,12 +111,13 @@ class DiScoFormer(Estimator):
     """
 
     def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024,
-                 normalize: bool = True, convolution_threshold: float = 0.4) -> None:
+                 normalize: bool = True, convolution_threshold: float | None = None) -> None:
         self.net = net if net is not None else load_weights()[0]
         self.key_block = check_int(key_block, "key_block")
         self.query_block = check_int(query_block, "query_block")
         self.normalize = bool(normalize)
-        self.convolution_threshold = check_positive(convolution_threshold, "convolution_threshold")
+        self.convolution_threshold = (None if convolution_threshold is None
+                                      else check_positive(convolution_threshold, "convolution_threshold"))
 
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
@@ -155,7 +163,16 @@ class DiScoFormerOracle(Oracle):
         with torch.no_grad():
             self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
         self._log_normalizer: float | None = None  # computed on the first log-density request
+        self._convolution_threshold = (SMOOTHED_CONVOLUTION_THRESHOLD if estimator.convolution_threshold is None
+                                       else estimator.convolution_threshold)
         self._freeze()
+
+    def with_convolution_threshold(self, threshold: float) -> "DiScoFormerOracle":
+        """The same fit (shared encoding, nothing recomputed) whose ``smoothed(sigma)`` switches to
+        the exact convolution of the samples from ``threshold`` Scott bandwidths up."""
+        new = copy.copy(self)
+        object.__setattr__(new, "_convolution_threshold", check_positive(threshold, "threshold"))
+        return new
 
     @property
     def log_normalizer(self) -> float:
@@ -226,15 +243,17 @@ class DiScoFormerOracle(Oracle):
         # better estimate of p * N(0, sigma^2 I) (d = 10, sigma = 1 sd: 1.3 % relative score MSE
         # against 10 % for a refit). Below the threshold the network is refitted on one noised copy
         # of the samples, a sample of the convolved law, so samplers keep its smoothing and do not
-        # copy the data. By score MSE the switch belongs at ~1.5 Scott bandwidths; for sampling it
-        # belongs lower (0.4): the refit's error is a systematic outward bias that Langevin chains
-        # equilibrate to (over-dispersed samples), while the convolution's error is variance far
-        # from the data, where chains rarely go. (Several noised replicas made near-duplicate pairs
+        # copy the data. By score MSE the switch belongs at ~1.5 Scott bandwidths, and there DDIM
+        # does not copy the data (from 0.4 it does: memorization 0.95 at d = 10). Annealed Langevin
+        # does better from 0.4: the refit's error is a systematic outward bias that its chains
+        # equilibrate to at every level (over-dispersed samples), while the convolution's error is
+        # variance far from the data, where chains rarely go, and the refit levels below still
+        # spread the points off the data. (Several noised replicas made near-duplicate pairs
         # at small sigma, which the network reads as tight clusters: 60 % error at d = 10.)
         n = self.samples.shape[0]
         x = self.samples.to(torch.float64)
         data_sd = math.sqrt(float(x.var(0).sum()) / self.dim)
-        if sigma >= self.estimator.convolution_threshold * data_sd * n ** (-1.0 / (self.dim + 4)):
+        if sigma >= self._convolution_threshold * data_sd * n ** (-1.0 / (self.dim + 4)):
             kernel = sigma ** 2 * torch.eye(self.dim, dtype=torch.float64, device=x.device)
             return KDEOracle(self.samples, kernel, sigma / data_sd)
         gen = torch.Generator().manual_seed(int(1e6 * sigma) % (2 ** 31))  # seeded: repeatable

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ._checks import ArrayLike, Queries, _to_tensor, as_queries, as_samples, check_int, check_positive
 from .base import Estimator, Oracle, as_oracle, resolve_oracle
+from .discoformer import LANGEVIN_CONVOLUTION_THRESHOLD, DiScoFormerOracle
 
 logger = logging.getLogger(__name__)
 
@@ -606,6 +607,14 @@ def _noise_conditional_setup(estimator: Estimator | Oracle | None, data: ArrayLi
     return oracle, start, kind, sigma_max, sigma_min, generator
 
 
+def _langevin_smoothing(oracle: Oracle) -> Oracle:
+    """A DiScoFormer fit left at its automatic ``convolution_threshold`` gets the annealed-Langevin
+    switch point (see :class:`~disco_score.discoformer.DiScoFormer`); other oracles unchanged."""
+    if isinstance(oracle, DiScoFormerOracle) and oracle.estimator.convolution_threshold is None:
+        return oracle.with_convolution_threshold(LANGEVIN_CONVOLUTION_THRESHOLD)
+    return oracle
+
+
 def annealed_langevin(estimator: Estimator | Oracle | None, data: ArrayLike | None, n_samples: int = 1000,
                       *, sigma_max: float | None = None, sigma_min: float | None = None,
                       n_levels: int | None = None, steps_per_level: int = 20, eps: float | None = None,
@@ -617,7 +626,9 @@ def annealed_langevin(estimator: Estimator | Oracle | None, data: ArrayLike | No
     Chains start at ``mean(data) + sigma_max z`` and take ``steps_per_level`` Langevin steps
     ``x + alpha_i / 2 * s_i(x) + sqrt(alpha_i) z`` at each of ``n_levels`` geometric noise levels
     from ``sigma_max`` down to ``sigma_min``, with ``alpha_i = eps sigma_i^2 / sigma_L^2``; then a
-    final Tweedie denoising step ``x + sigma_L^2 s_L(x)``.
+    final Tweedie denoising step ``x + sigma_L^2 s_L(x)``. A DiScoFormer left at its automatic
+    ``convolution_threshold`` uses the exact convolution of the samples from 0.4 Scott bandwidths
+    up here (1.5 elsewhere): Langevin chains equilibrate to the refitted network's outward bias.
 
     Args:
         estimator: an Estimator (fitted to ``data`` here), a fitted Oracle, or None for
@@ -638,6 +649,7 @@ def annealed_langevin(estimator: Estimator | Oracle | None, data: ArrayLike | No
     """
     oracle, start, kind, sigma_max, sigma_min, generator = _noise_conditional_setup(
         estimator, data, n_samples, sigma_max, sigma_min, generator)
+    oracle = _langevin_smoothing(oracle)
     steps_per_level = check_int(steps_per_level, "steps_per_level")
     n_levels = default_n_levels(sigma_max, sigma_min, oracle.dim) if n_levels is None else n_levels
     sigmas = geometric_noise_levels(sigma_max, sigma_min, check_int(n_levels, "n_levels", minimum=2))

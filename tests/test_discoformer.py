@@ -121,8 +121,8 @@ def test_score_is_accurate_on_a_mixture(model: DiScoFormer) -> None:
 def test_smoothed_score_matches_the_exact_convolved_mixture(model: DiScoFormer, relative_sigma: float) -> None:
     # p * N(0, s^2 I) of a mixture is a mixture with every covariance widened by s^2: exact. Small
     # sigma checks the refit on noised samples (noised replicas failed this: 0.40 and 0.024),
-    # large sigma the exact convolution of the empirical measure. Threshold 1.5: the score-MSE
-    # setting (the default 0.4, tuned for sampling, gives the convolution from 0.25 sd here).
+    # large sigma the exact convolution of the empirical measure (the default switch, 1.5 Scott
+    # bandwidths, is 0.92 sd here).
     gen = torch.Generator().manual_seed(11)
     target = random_gmm(10, generator=gen)
     x = target.sample(1024, gen)
@@ -130,25 +130,49 @@ def test_smoothed_score_matches_the_exact_convolved_mixture(model: DiScoFormer, 
     smooth = target.smoothed(sigma)
     y = smooth.sample(256, gen)
     s = smooth.score_t(y)
-    score_mse_setting = DiScoFormer(model.net, normalize=False, convolution_threshold=1.5)
-    s_hat = score_mse_setting.fit(x).smoothed(sigma).score(y)
+    s_hat = model.fit(x).smoothed(sigma).score(y)
     rel = float(((s_hat - s) ** 2).sum() / (s ** 2).sum())
     assert rel < {0.02: 0.2, 0.3: 0.2, 2.0: 0.01}[relative_sigma], rel  # measured 0.089, 0.082, 0.0011
 
 
-def test_smoothed_switches_to_the_exact_convolution_at_the_threshold(model: DiScoFormer) -> None:
+@pytest.mark.parametrize("threshold", [None, 0.4])
+def test_smoothed_switches_to_the_exact_convolution_at_the_threshold(model: DiScoFormer,
+                                                                     threshold: float | None) -> None:
     gen = torch.Generator().manual_seed(12)
     x = random_gmm(3, generator=gen).sample(500, gen)
     y = x[:50] + 0.1
     scott = math.sqrt(float(x.var(0).sum()) / 3) * 500 ** (-1 / 7)
-    oracle = DiScoFormer(model.net, normalize=False, convolution_threshold=0.4).fit(x)
-    above, below = 0.41 * scott, 0.39 * scott
-    exact = KDEOracle(x, above ** 2 * torch.eye(3, dtype=torch.float64), 1.0).score(y)
-    torch.testing.assert_close(oracle.smoothed(above).score(y), exact)
-    assert not torch.allclose(oracle.smoothed(below).score(y),
-                              KDEOracle(x, below ** 2 * torch.eye(3, dtype=torch.float64), 1.0).score(y), rtol=1e-3)
+    oracle = DiScoFormer(model.net, normalize=False, convolution_threshold=threshold).fit(x)
+    switch = 1.5 if threshold is None else threshold
+    for o, at in ((oracle, switch), (oracle.with_convolution_threshold(0.7), 0.7)):
+        above, below = 1.01 * at * scott, 0.99 * at * scott
+        exact = KDEOracle(x, above ** 2 * torch.eye(3, dtype=torch.float64), 1.0).score(y)
+        torch.testing.assert_close(o.smoothed(above).score(y), exact)
+        convolution = KDEOracle(x, below ** 2 * torch.eye(3, dtype=torch.float64), 1.0).score(y)
+        assert not torch.allclose(o.smoothed(below).score(y), convolution, rtol=1e-3)
     with pytest.raises(ValueError, match="convolution_threshold"):
         DiScoFormer(model.net, convolution_threshold=0.0)
+
+
+def test_annealed_langevin_uses_the_langevin_switch_unless_told(model: DiScoFormer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from disco_score import discoformer, samplers
+
+    seen = []
+    original = discoformer.DiScoFormerOracle._smoothed
+
+    def spy(self, sigma):  # records the switch point each smoothed oracle was built with
+        seen.append(self._convolution_threshold)
+        return original(self, sigma)
+
+    monkeypatch.setattr(discoformer.DiScoFormerOracle, "_smoothed", spy)
+    x = random_gmm(2, generator=torch.Generator().manual_seed(13)).sample(200, torch.Generator().manual_seed(14))
+    for estimator, expected in ((DiScoFormer(model.net, normalize=False), 0.4),
+                                (DiScoFormer(model.net, normalize=False, convolution_threshold=1.5), 1.5)):
+        seen.clear()
+        samplers.annealed_langevin(estimator, x, n_samples=8, n_levels=3, steps_per_level=1,
+                                   generator=torch.Generator().manual_seed(0), progress=False)
+        assert seen and set(seen) == {expected}
 
 
 def test_density_normalised_in_1d_and_2d(model: DiScoFormer) -> None:
