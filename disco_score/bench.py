@@ -435,7 +435,8 @@ def _log_cell(opts: Options, suite: str, row_keys: Sequence[str], result: dict[s
     """Append a finished cell to the cell log (``--resume`` reuses it)."""
     if opts.cell_log is not None:
         entry = {"suite": suite, "seed": opts.seed, "quick": opts.quick, "rows": list(row_keys),
-                 "targets": opts.targets, "commit": git_commit(), "result": result}
+                 "targets": opts.targets, "commit": git_commit(),
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "result": result}
         with open(opts.cell_log, "a") as fh:
             fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
 
@@ -452,7 +453,9 @@ def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[st
             continue
         if (entry.get("suite"), entry.get("seed"), entry.get("quick"), entry.get("rows"), entry.get("targets")) == \
                 (suite, opts.seed, opts.quick, list(row_keys), opts.targets):
-            done[entry["result"]["cell"]] = entry["result"]
+            # provenance: the report names the commit each reused cell was measured at
+            done[entry["result"]["cell"]] = {**entry["result"], "measured_at": {
+                "commit": entry.get("commit"), "date": entry.get("date")}}
     return done
 
 
@@ -1045,6 +1048,19 @@ def _header(meta: dict[str, Any]) -> str:
             + (" · **quick**" if meta.get("quick") else ""))
 
 
+def _reused_cells(result: dict[str, Any]) -> list[str]:
+    """A line naming the cells reused from earlier runs (``--resume``) measured at another commit."""
+    commit = result.get("meta", {}).get("commit")
+    earlier = [(c["cell"], c["measured_at"]) for c in result.get("cells", [])
+               if isinstance(c, dict) and c.get("measured_at") and c["measured_at"].get("commit") != commit]
+    if not earlier:
+        return []
+    parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
+             for label, at in earlier]
+    return ["Cells reused from earlier runs of the same suite (`--resume`), measured at another commit: "
+            + "; ".join(parts) + ".", ""]
+
+
 def _skip_limit(row: dict[str, Any]) -> str:
     match = re.search(r"above n = (\d+)", row.get("error") or "")
     return match.group(1) if match else "?"
@@ -1314,6 +1330,7 @@ def write_report(out_dir: Path) -> Path:
             continue
         result = json.loads(file.read_text())
         lines += [f"## {TITLES[suite]}", "", _header(result.get("meta", {})), ""]
+        lines += _reused_cells(result)
         if result.get("status") != "ok":
             lines += ["**Suite failed:**", "", "```", str(result.get("error", "")).strip()[-3000:], "```", ""]
         else:

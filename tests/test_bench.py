@@ -225,11 +225,16 @@ def test_resume_reuses_logged_cells_and_only_those(tmp_path: Path, monkeypatch: 
     first = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"][0]
     calls = []
     real = bench.make_problem
+    first_commit = bench.git_commit()
     monkeypatch.setattr(bench, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(bench, "git_commit", lambda: "later0")  # the resumed run is at another commit
     assert bench.main([*args, "--only", "P1", "--resume"]) == 0
     cells = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"]
-    assert cells[0] == first  # reused verbatim
+    assert {k: v for k, v in cells[0].items() if k != "measured_at"} == first  # reused verbatim
+    assert cells[0]["measured_at"]["commit"] == first_commit and "measured_at" not in cells[1]
     assert {c[1] for c in calls} == {10}  # only the d = 10 cell was computed
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert f"P1 d=2 n=256 (commit `{first_commit}`" in report and "P1 d=10 n=256 (commit" not in report
     assert bench.main([*args, "--only", "P1 d=2", "--seed", "1", "--resume"]) == 0  # other seed: recomputed
     assert any(c[1] == 2 for c in calls)
 
