@@ -259,6 +259,10 @@ def test_sampling_quick_ranks_sources_and_flags_copying(tmp_path: Path) -> None:
     # fresh draws sit at the floor; overdispersed or collapsed sets would not (see test_samplers)
     assert cell["floor"] < rows["exact|DDIM (diffusers)"]["values"]["energy_distance"] < 3 * cell["floor"]
     assert rows["exact|annealed Langevin"]["ratio_to_exact"] == pytest.approx(1.0)
+    # the unbiased statistic drops the V-statistic's positive bias (the within-set self-pairs)
+    assert cell["floor_statistic"] < cell["floor"] ** 2
+    for row in rows.values():
+        assert row["values"]["energy_statistic"] < row["values"]["energy_distance"] ** 2
     assert rows["empirical|DDIM (diffusers)"]["values"]["memorization"] > 0.9
     assert rows["kde-scott|DDIM (diffusers)"]["values"]["memorization"] < cell["memorization_reference"] + 0.2
     text = (tmp_path / "BENCHMARKS.md").read_text()

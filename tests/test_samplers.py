@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.spatial
 import scipy.stats
 import torch
 
@@ -52,6 +53,23 @@ def test_energy_distance_is_zero_for_equal_sets_and_grows_with_a_shift(rng: np.r
     assert samplers.energy_distance(np.zeros((1, 3)), np.array([[0.0, 3.0, 4.0]])) == pytest.approx(math.sqrt(10))
     near = samplers.energy_distance(x, x + 0.1)
     assert 0 < near < samplers.energy_distance(x, x + 1.0)
+
+
+def test_energy_statistic_is_the_u_statistic_and_unbiased(rng: np.random.Generator) -> None:
+    x, y = rng.normal(size=(40, 3)), rng.normal(0.3, 1.5, size=(25, 3))
+    pair = scipy.spatial.distance.cdist
+    brute = (2 * pair(x, y).mean() - pair(x, x).sum() / (40 * 39) - pair(y, y).sum() / (25 * 24))
+    assert samplers.energy_statistic(x, y) == pytest.approx(brute, rel=1e-10)
+    # Same law: the V-statistic (energy_distance squared) sits well above 0, the U-statistic averages 0.
+    u, v = [], []
+    for _ in range(200):
+        a, b = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
+        u.append(samplers.energy_statistic(a, b))
+        v.append(samplers.energy_distance(a, b) ** 2)
+    assert abs(np.mean(u)) < 3 * np.std(u) / np.sqrt(200)
+    assert np.mean(v) > 10 * np.std(u) / np.sqrt(200)
+    with pytest.raises(ValueError, match="x needs at least 2"):
+        samplers.energy_statistic(x[:1], y)
 
 
 def test_memorization_fraction_counts_copies(rng: np.random.Generator) -> None:
