@@ -281,3 +281,14 @@ def test_ppl_quick_kde_prior_matches_the_analytic_posterior(tmp_path: Path) -> N
         assert v["mean_err"] < 5 * v["mean_se"] + v["estimator_mean_gap"]
         assert v["cov_rel"] < 5 * v["cov_se"] + v["estimator_cov_gap"]
     assert "analytic posterior" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_scaling_records_discoformer_above_its_size_as_not_run() -> None:
+    cells = {c.label: c for c in bench.scaling_cells(quick=False)}
+    assert cells["vs n d=10 n=32768"].skip_rows == ()
+    big = cells["vs n d=10 n=131072"]
+    assert big.skip_rows == ("discoformer",) and "O(n^2)" in big.skip_reason
+    row = {"status": "skipped", "error": big.skip_reason, "label": "DiScoFormer"}
+    assert bench._cell_text(row, "relative_score_mse")[0] == f"not run (n > {bench.SCALING_DISCOFORMER_MAX_N})"
+    table = bench._sweep_table([{"n": big.n, "rows": {"discoformer": row}}], "n", "relative_score_mse")
+    assert any("O(n^2) sample encoder" in line for line in table)
