@@ -445,6 +445,15 @@ class DiScoFormerNet(nn.Module):
         """
         return self.query(self.encode(samples), queries)
 
+    #: modules of the sample encoder (run once per fit); everything else is the query side
+    ENCODER_MODULES = ("embed", "sample_blocks", "sample_shift")
+
+    def query_side_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the sample encoder (and its embedding, which the encoder shares):
+        what a fine-tune with the encoder frozen trains. At large n the encoder's O(n^2) backward
+        dominates a step; with it frozen the encoder runs once, without a graph."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] not in self.ENCODER_MODULES]
+
     def temperature_parameters(self) -> list[nn.Parameter]:
         """The query side's few scalar knobs: per-head bandwidth factors and the mixture gate's
         biases. Test-time adaptation moves only these (a few hundred held-out points cannot pin

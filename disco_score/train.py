@@ -61,6 +61,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch default
     init_from: str = ""  # start from this checkpoint's weights (fine-tuning); ignored when resuming
+    # "all", or "query": the sample encoder frozen (encoded without a graph), only the query side
+    # trained -- what makes fine-tuning at n ~ 2^14 affordable on a CPU (one process only)
+    trainable: str = "all"
+    eval_large_n: int = 0  # > 0: the validation set also has d = 2 and 10 mixtures at this n (2 each)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @staticmethod
@@ -79,6 +83,8 @@ class TrainConfig:
         for key in ("dims", "dim_weights"):
             if key in raw:
                 raw[key] = tuple(raw[key])
+        if raw.get("trainable", "all") not in ("all", "query"):
+            raise ValueError(f"trainable must be 'all' or 'query', got {raw['trainable']!r}")
         return TrainConfig(model=model, **raw)
 
 
@@ -129,7 +135,13 @@ def losses(net: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> dict[str, to
     """Relative score MSE (in data coordinates), log-density MSE / d, consistency."""
     d = batch.samples.shape[-1]
     queries = batch.queries.clone().requires_grad_(cfg.consistency_weight > 0)
-    log_density, score = net(batch.samples, queries)
+    if cfg.trainable == "query":  # frozen encoder: no graph through the O(n^2) sample attention
+        plain = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+        with torch.no_grad():
+            encoded = plain.encode(batch.samples)
+        log_density, score = plain.query(encoded, queries)
+    else:
+        log_density, score = net(batch.samples, queries)
     err = score - batch.score
     # |s_x - s_x_hat|^2 = err^T W^2 err: the protocol's metric, measured in the data's coordinates
     err_x = torch.einsum("bmi,bij,bmj->bm", err, batch.score_x_weight, err).sum(1)
@@ -163,13 +175,17 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _eval_set(seed: int = 12345) -> list[tuple[str, Batch]]:
-    """A fixed small validation set: P1-like d = 2, 10 (n = 256) and P2-like d = 100 (n = 2048)."""
+def _eval_set(seed: int = 12345, large_n: int = 0) -> list[tuple[str, Batch]]:
+    """A fixed small validation set: P1-like d = 2, 10 (n = 256) and P2-like d = 100 (n = 2048);
+    with ``large_n``, also d = 2 and 10 at that n (two mixtures each)."""
     out = []
-    for name, d, n, k, rotate in (("d2_n256", 2, 256, None, True), ("d10_n256", 10, 256, None, True),
-                                  ("d100_n2048_K2", 100, 2048, 2, False)):
-        gen = torch.Generator().manual_seed(seed + d)
-        target = random_gmm(d, batch=4 if d < 100 else 2, n_components=k or (1, 10), rotate=rotate, generator=gen)
+    specs = [("d2_n256", 2, 256, None, True, 4), ("d10_n256", 10, 256, None, True, 4),
+             ("d100_n2048_K2", 100, 2048, 2, False, 2)]
+    if large_n:
+        specs += [(f"d{d}_n{large_n}", d, large_n, None, True, 2) for d in (2, 10)]
+    for name, d, n, k, rotate, count in specs:
+        gen = torch.Generator().manual_seed(seed + d + (n if n > 2048 else 0))
+        target = random_gmm(d, batch=count, n_components=k or (1, 10), rotate=rotate, generator=gen)
         x, y = target.sample(n, gen), target.sample(256, gen)
         batches = []
         for b in range(x.shape[0]):
@@ -197,6 +213,16 @@ def evaluate(net: DiScoFormerNet, eval_set: list[tuple[str, Batch]]) -> dict[str
     return res
 
 
+def _initial_weights(path: str) -> dict[str, torch.Tensor]:
+    """The state dict to fine-tune from: a training checkpoint (``.pt``) or shipped weights
+    (``.safetensors``, e.g. ``disco_score/weights/discoformer.safetensors``)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: int | None = None) -> Path:
     """Run (or resume) training to ``cfg.steps`` (or stop early at step ``until``, e.g. to fit a
     time slot; resuming later continues the same schedule); returns the checkpoint path."""
@@ -211,13 +237,20 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(cfg.seed)  # parameter initialisation
     net = DiScoFormerNet(cfg.model)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.trainable == "query" and distributed:
+        # DDP synchronises gradients through its own forward, which a frozen-encoder step bypasses
+        raise ValueError("trainable='query' runs in one process; drop torchrun or train 'all'")
+    trained = net.parameters() if cfg.trainable == "all" else net.query_side_parameters()
+    if cfg.trainable == "query":
+        keep = {id(p) for p in net.query_side_parameters()}
+        for p in net.parameters():
+            p.requires_grad_(id(p) in keep)
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, math.inf
     history: list[dict] = []
     if cfg.init_from and not (resume and ckpt_path.exists()):
         # strict=False: a fine-tune may add modules (e.g. local-Gaussian heads) to a trained net
-        missing, unexpected = net.load_state_dict(
-            torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"], strict=False)
+        missing, unexpected = net.load_state_dict(_initial_weights(cfg.init_from), strict=False)
         if unexpected:
             raise ValueError(f"{cfg.init_from} has weights this model does not: {unexpected}")
         if rank == 0:
@@ -235,7 +268,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    eval_set = _eval_set() if rank == 0 else []
+    eval_set = _eval_set(large_n=cfg.eval_large_n) if rank == 0 else []
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
     t0, window = time.time(), []
     stop = cfg.steps if until is None else min(until, cfg.steps)
@@ -247,12 +280,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
         parts = losses(model, batch, cfg)
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.grad_clip)
         opt.step()
         step += 1
         window.append({k: float(v.detach()) for k, v in parts.items()} | {"d": d, "n": n})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(parts['total']):.3f}", score=f"{float(parts['rel_score']):.3f}", d=d, n=n)
+        bar.set_postfix(loss=f"{window[-1]['total']:.3f}", score=f"{window[-1]['rel_score']:.3f}", d=d, n=n)
         if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = evaluate(net, eval_set)
             mean_train = {k: sum(w[k] for w in window) / len(window) for k in window[0] if k not in ("d", "n")}

@@ -293,6 +293,31 @@ def test_tiny_training_lowers_loss_and_resumes_exactly(tmp_path: Path) -> None:
     assert not list((tmp_path / "b").glob("*.tmp"))  # atomic writes leave no temp files
 
 
+def test_query_side_fine_tune_leaves_the_encoder_and_resumes_exactly(tmp_path: Path) -> None:
+    from disco_score.train import save_atomic
+
+    torch.manual_seed(0)
+    start = DiScoFormerNet(ModelConfig(**TINY))
+    save_atomic({"model": start.state_dict()}, tmp_path / "start.pt")
+    raw = {**_tiny_cfg(tmp_path / "q", 6).__dict__, "model": TINY, "trainable": "query",
+           "init_from": str(tmp_path / "start.pt")}
+    cfg = TrainConfig.from_dict(raw)
+    train(cfg, resume=False, progress=False, until=3)
+    train(cfg, resume=True, progress=False)
+    state = torch.load(tmp_path / "q" / "ckpt.pt", weights_only=False)["model"]
+    query_side = {name for name, p in start.named_parameters()} - {
+        name for name, _ in start.named_parameters() if name.split(".")[0] in DiScoFormerNet.ENCODER_MODULES}
+    changed = {k for k, v in start.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and changed <= query_side  # only the query side moved
+    assert any(k.startswith("query_blocks") for k in changed)
+    straight = TrainConfig.from_dict({**raw, "out_dir": str(tmp_path / "q2")})
+    train(straight, resume=False, progress=False)
+    again = torch.load(tmp_path / "q2" / "ckpt.pt", weights_only=False)["model"]
+    assert all(torch.equal(state[k], again[k]) for k in state)  # stop + resume == straight through
+    with pytest.raises(ValueError, match="trainable"):
+        TrainConfig.from_dict({**raw, "trainable": "encoder"})
+
+
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     cfg = _tiny_cfg(tmp_path / "ddp", 3)
     cfg_path = tmp_path / "cfg.json"
