@@ -136,10 +136,9 @@ def losses(net: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> dict[str, to
     d = batch.samples.shape[-1]
     queries = batch.queries.clone().requires_grad_(cfg.consistency_weight > 0)
     if cfg.trainable == "query":  # frozen encoder: no graph through the O(n^2) sample attention
-        plain = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-        with torch.no_grad():
-            encoded = plain.encode(batch.samples)
-        log_density, score = plain.query(encoded, queries)
+        with torch.no_grad():  # (never under DDP: train() refuses that combination)
+            encoded = net.encode(batch.samples)
+        log_density, score = net.query(encoded, queries)
     else:
         log_density, score = net(batch.samples, queries)
     err = score - batch.score
@@ -240,12 +239,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     if cfg.trainable == "query" and distributed:
         # DDP synchronises gradients through its own forward, which a frozen-encoder step bypasses
         raise ValueError("trainable='query' runs in one process; drop torchrun or train 'all'")
-    trained = net.parameters() if cfg.trainable == "all" else net.query_side_parameters()
     if cfg.trainable == "query":
         keep = {id(p) for p in net.query_side_parameters()}
         for p in net.parameters():
             p.requires_grad_(id(p) in keep)
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     step, best = 0, math.inf
     history: list[dict] = []
     if cfg.init_from and not (resume and ckpt_path.exists()):
