@@ -828,7 +828,8 @@ def _sampling_source(key: str, problem: Problem, ctx: Context) -> Estimator | Or
         from .discoformer import DiScoFormer
 
         # scores only: skip the d <= 2 grid normalisation that each noise level would repeat
-        return DiScoFormer(ctx.discoformer().net, normalize=False)  # type: ignore[attr-defined]
+        base = ctx.discoformer()
+        return DiScoFormer(base.net, normalize=False, specialists=base.specialists)  # type: ignore[attr-defined]
     if key == "kde-scott":
         return KDE("scott")
     if key == "empirical":

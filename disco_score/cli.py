@@ -290,7 +290,7 @@ def _distribution_version(module: str) -> str | None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Version, model card summary, checksum check and installed extras."""
-    from .discoformer import WEIGHTS_DIR, WEIGHTS_NAME, DiScoFormer, load_weights
+    from .discoformer import WEIGHTS_DIR, WEIGHTS_NAME, DiScoFormer, load_specialists, load_weights
 
     weights_dir = Path(args.weights_dir) if args.weights_dir else WEIGHTS_DIR
     out: dict[str, Any] = {"disco-score": __version__, "python": sys.version.split()[0],
@@ -314,6 +314,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             model["checksum"] = "ok (file matches the recorded sha256)"
             model["parameters"] = sum(p.numel() for p in net.parameters())
+    try:
+        specialists: Any = [{"d": sp.dim, "serves_max_n": sp.max_n, "checksum": "ok",
+                             "parameters": sum(p.numel() for p in sp.net.parameters())}
+                            for sp in load_specialists(weights_dir, verify=True)]
+    except (OSError, RuntimeError, ValueError) as exc:
+        specialists = f"FAILED: {exc}"
+    model["specialists"] = specialists or "none"
     out["DiScoFormer"] = model
     modules = sorted({m for mods in EXTRAS.values() for m in mods})
     versions = {m: _distribution_version(m) for m in modules}

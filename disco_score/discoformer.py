@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Estimator, Oracle
 from .kde import KDEOracle
-from .model import DiScoFormerNet, EncodedSamples, ModelConfig
+from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ LANGEVIN_CONVOLUTION_THRESHOLD = 0.4
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_NAME = "discoformer"
+#: dimension-specific checkpoints are ``<SPECIALIST_PREFIX><d>.safetensors`` beside the general one
+SPECIALIST_PREFIX = "discoformer-d"
 
 
 def _sha256(path: Path) -> str:
@@ -63,7 +67,7 @@ def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, weights_dir: 
 
 
 def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, verify: bool = True
-                 ) -> tuple[DiScoFormerNet, dict]:
+                 ) -> tuple[DensityNet, dict]:
     """Load a saved network; raises if the file's hash differs from the recorded one."""
     path, card_path = weights_dir / f"{name}.safetensors", weights_dir / f"{name}.json"
     if not path.exists() or not card_path.exists():
@@ -74,7 +78,7 @@ def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, veri
         if digest != card["sha256"]:
             raise RuntimeError(f"checksum mismatch for {path}: file has {digest}, "
                                f"{card_path.name} records {card['sha256']}; the weights are corrupt or stale")
-    net = DiScoFormerNet(ModelConfig(**card["model_config"]))
+    net = build_net(ModelConfig(**card["model_config"]))
     net.load_state_dict(load_file(str(path)))
     net.eval()
     for p in net.parameters():
@@ -82,11 +86,41 @@ def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, veri
     return net, card
 
 
+@dataclass(frozen=True)
+class Specialist:
+    """A dimension-specific network (:class:`~disco_score.model.SetTransformerNet`) and the sample
+    sizes it serves: ``fit`` uses it for ``d == net.cfg.dim`` and ``n <= max_n``, the general
+    network otherwise (``max_n`` None: every n)."""
+
+    net: SetTransformerNet
+    max_n: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """The dimension served."""
+        return self.net.cfg.dim
+
+
+def load_specialists(weights_dir: Path = WEIGHTS_DIR, verify: bool = True) -> list[Specialist]:
+    """Every ``discoformer-d<d>`` checkpoint in ``weights_dir`` (hash-verified), with the ``max_n``
+    recorded in its model card (``meta.serves_max_n``), sorted by d."""
+    out = []
+    for card_path in sorted(weights_dir.glob(f"{SPECIALIST_PREFIX}*.json")):
+        net, card = load_weights(weights_dir, card_path.stem, verify)
+        if not isinstance(net, SetTransformerNet):
+            raise ValueError(f"{card_path} does not describe a dimension-specific network")
+        out.append(Specialist(net, card.get("meta", {}).get("serves_max_n")))
+    return sorted(out, key=lambda sp: sp.dim)
+
+
 class DiScoFormer(Estimator):
     """The pretrained density-and-score transformer.
 
     Args:
-        net: a :class:`~disco_score.model.DiScoFormerNet` (default: the packaged weights).
+        net: the general network, a :class:`~disco_score.model.DiScoFormerNet` serving every d
+            (default: the packaged weights).
+        specialists: dimension-specific networks, used instead of ``net`` where they serve (see
+            :class:`Specialist`). None: the packaged ones when ``net`` is None, else none.
         key_block: keys per attention block (memory is O(query_block x key_block x heads)).
         query_block: queries per forward pass.
         normalize: in d <= 2, divide the density by its integral over a grid (trapezoid rule in
@@ -110,9 +144,16 @@ class DiScoFormer(Estimator):
         (3, 2)
     """
 
-    def __init__(self, net: DiScoFormerNet | None = None, key_block: int = 4096, query_block: int = 1024,
-                 normalize: bool = True, convolution_threshold: float | None = None) -> None:
+    def __init__(self, net: DensityNet | None = None, key_block: int = 4096, query_block: int = 1024,
+                 normalize: bool = True, convolution_threshold: float | None = None,
+                 specialists: Sequence[Specialist] | None = None) -> None:
+        if specialists is None:
+            specialists = load_specialists() if net is None else ()
         self.net = net if net is not None else load_weights()[0]
+        dims = [sp.dim for sp in specialists]
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"specialists: at most one per dimension, got dimensions {dims}")
+        self.specialists = tuple(specialists)
         self.key_block = check_int(key_block, "key_block")
         self.query_block = check_int(query_block, "query_block")
         self.normalize = bool(normalize)
@@ -122,7 +163,9 @@ class DiScoFormer(Estimator):
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
         """The checkpoint shipped in the package (hash-verified), or one from ``weights_dir``."""
-        net, _ = load_weights(Path(weights_dir) if weights_dir else WEIGHTS_DIR)
+        directory = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+        net, _ = load_weights(directory)
+        kwargs.setdefault("specialists", load_specialists(directory))
         return cls(net, **kwargs)
 
     @staticmethod
@@ -137,10 +180,19 @@ class DiScoFormer(Estimator):
         ValueError if the samples are invalid, have no spread or are rank-deficient.
         """
         x = as_samples(samples)
-        return DiScoFormerOracle(self, x, self.net)
+        return DiScoFormerOracle(self, x, self.net_for(*x.shape))
+
+    def net_for(self, n: int, d: int) -> DensityNet:
+        """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""
+        for sp in self.specialists:
+            if sp.dim == d and (sp.max_n is None or n <= sp.max_n):
+                return sp.net
+        return self.net
 
     def __repr__(self) -> str:
-        return f"DiScoFormer(params={sum(p.numel() for p in self.net.parameters())}, key_block={self.key_block})"
+        dims = f", specialists for d={[sp.dim for sp in self.specialists]}" if self.specialists else ""
+        return (f"DiScoFormer(params={sum(p.numel() for p in self.net.parameters())}, "
+                f"key_block={self.key_block}{dims})")
 
 
 class DiScoFormerOracle(Oracle):
@@ -151,7 +203,7 @@ class DiScoFormerOracle(Oracle):
         whitening: the affine map to standard position.
     """
 
-    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DiScoFormerNet) -> None:
+    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DensityNet) -> None:
         self.estimator = estimator
         self.samples = samples
         self.dim = int(samples.shape[1])
@@ -213,7 +265,7 @@ class DiScoFormerOracle(Oracle):
                                                              + torch.log(weights[1])[None, :]).reshape(-1)
         return float(torch.logsumexp(lp.double() + log_w.double(), 0))
 
-    def _query(self, y: torch.Tensor, net: DiScoFormerNet | None = None, grad: bool = False
+    def _query(self, y: torch.Tensor, net: DensityNet | None = None, grad: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whitened float32 queries (m, d) -> whitened (log-density (m,), score (m, d))."""
         net = net or self._net
@@ -308,7 +360,7 @@ class DiScoFormerOracle(Oracle):
         return f"DiScoFormerOracle(n={self.samples.shape[0]}, d={self.dim})"
 
 
-def _score_matching_and_consistency(net: DiScoFormerNet, enc: EncodedSamples, y: torch.Tensor,
+def _score_matching_and_consistency(net: DensityNet, enc: EncodedSamples, y: torch.Tensor,
                                      gen: torch.Generator) -> torch.Tensor:
     """Held-out Hyvärinen loss mean(|S|^2/2 + div S) plus the consistency loss at queries y (1, m, d)."""
     log_f, score = net.query(enc, y)

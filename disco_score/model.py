@@ -40,8 +40,14 @@ LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 3.0
 
 @dataclass
 class ModelConfig:
-    """Architecture hyper-parameters (stored beside the weights)."""
+    """Architecture hyper-parameters (stored beside the weights).
 
+    ``architecture`` is ``"geometric"`` (:class:`DiScoFormerNet`, every d) or ``"set_transformer"``
+    (:class:`SetTransformerNet`, one d: ``dim``); :func:`build_net` makes either.
+    """
+
+    architecture: str = "geometric"
+    dim: int = 0  # the one dimension a set transformer serves (0 for the geometric net: any d)
     width: int = 64  # scalar channels per token
     heads: int = 8  # attention heads = kernel bandwidths per layer
     head_dim: int = 8  # query/key/value channels per head
@@ -338,11 +344,12 @@ class LocalGaussianHead(nn.Module):
 class EncodedSamples:
     """The sample set after the encoder: what the query layers attend to (cache it per fit)."""
 
-    pos: torch.Tensor  # (B, n, d) whitened, learned-shifted centres
+    pos: torch.Tensor  # (B, n, d) whitened, learned-shifted centres (set transformer: canonical coordinates)
     feat: torch.Tensor  # (B, n, C)
     ctx: torch.Tensor  # (n_ctx,)
     n: int
     raw: torch.Tensor  # (B, n, d) the whitened samples themselves
+    frame: torch.Tensor | None = None  # (B, d, d) set transformer: canonical coordinates are z @ frame
 
 
 class DiScoFormerNet(nn.Module):
@@ -461,3 +468,147 @@ class DiScoFormerNet(nn.Module):
         names = {f"query_blocks.{i}.log_factor" for i in range(len(self.query_blocks))}
         names |= {"mix.bias", "local.log_factor", "mix_local.bias"}
         return [p for name, p in self.named_parameters() if name in names]
+
+
+# ----------------------------------------------------------------------------------------------
+# The dimension-specific set transformer (the published shape), made exactly rotation-equivariant
+# ----------------------------------------------------------------------------------------------
+def canonical_frame(z: torch.Tensor) -> torch.Tensor:
+    """(B, n, d) whitened samples -> (B, d, d) orthogonal frame ``R`` (columns are axes).
+
+    The eigenvectors of the fourth-moment matrix ``mean(|z|^2 z z^T)`` (FOBI), ascending, each signed
+    so the third moment along it is non-negative. For a rotated set ``z Q`` the frame is ``Q^T R``,
+    so the canonical coordinates ``z R`` do not change: a network on them is exactly rotation-
+    invariant, and its score, mapped back with ``R^T``, exactly equivariant (up to ties between
+    eigenvalues, which have probability zero). For mixtures the extreme axes are informative: the
+    most platykurtic direction of a two-component mixture is its between-mean direction.
+    """
+    x = z.detach().to(torch.float64)
+    weight = (x * x).sum(-1)
+    moment = torch.einsum("bni,bn,bnj->bij", x, weight, x) / x.shape[1]
+    _, axes = torch.linalg.eigh(moment)
+    skew = ((x @ axes) ** 3).mean(1)  # (B, d)
+    sign = torch.where(skew < 0, -1.0, 1.0).to(torch.float64)
+    return (axes * sign[:, None, :]).to(z.dtype)
+
+
+class SetBlock(nn.Module):
+    """Pre-norm transformer block: tokens (B, m, C) attend to keys (B, n, C), then a GELU MLP.
+
+    Without autograd, ``F.scaled_dot_product_attention`` uses the fused (flash) CPU kernel: memory
+    O(m + n) per head, whatever n. With autograd (training, adaptation) the attention is written out,
+    because the consistency loss differentiates twice and the fused kernel's backward cannot be.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_q, self.norm_k, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.to_q, self.to_kv, self.out = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.mlp = MLP(width, width, 4 * width)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, m, C), keys (B, n, C) (None: self-attention) -> (B, m, C)."""
+        B, m, C = x.shape
+        H = self.heads
+        h = self.norm_q(x)
+        hk = h if keys is None else self.norm_k(keys)
+        q = self.to_q(h).view(B, m, H, C // H).transpose(1, 2)
+        k, v = self.to_kv(hk).view(B, -1, 2, H, C // H).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if torch.is_grad_enabled():
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // H), dim=-1) @ v
+        else:
+            att = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.out(att.transpose(1, 2).reshape(B, m, C))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class SetTransformerNet(nn.Module):
+    """Samples (B, n, d) and queries (B, m, d), whitened -> log-density (B, m), score (B, m, d), for one d.
+
+    The shape of the published model (self-attention among the samples, cross-attention from the
+    queries, outputs as corrections to a standard normal), on canonical coordinates
+    (:func:`canonical_frame`) so rotations are exact, not learned. Tokens see their coordinates, so the
+    input layer depends on ``d``: one network per dimension (selected by d in
+    :class:`~disco_score.discoformer.DiScoFormer`). Same ``encode`` / ``query`` interface as
+    :class:`DiScoFormerNet`.
+    """
+
+    n_ctx = 6
+    #: modules of the sample encoder (run once per fit); everything else is the query side
+    ENCODER_MODULES = ("embed", "sample_blocks")
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.dim < 1:
+            raise ValueError(f"a set transformer serves one dimension: set ModelConfig.dim >= 1, got {cfg.dim}")
+        self.cfg = cfg
+        C, d = cfg.width, cfg.dim
+        self.embed = nn.Linear(d + 1 + self.n_ctx, C)
+        self.query_embed = nn.Linear(d + 1 + self.n_ctx, C)
+        self.sample_blocks = nn.ModuleList(SetBlock(C, cfg.heads) for _ in range(cfg.sample_layers))
+        self.query_blocks = nn.ModuleList(SetBlock(C, cfg.heads) for _ in range(cfg.query_layers))
+        self.final_norm = nn.LayerNorm(C)
+        self.head = _zero(nn.Linear(C, 1 + d))  # zero: starts as the standard normal
+
+    def _tokens(self, layer: nn.Linear, u: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        sq = (u * u).sum(-1, keepdim=True) / u.shape[-1]
+        return layer(torch.cat([u, sq, ctx.expand(*u.shape[:-1], -1)], dim=-1))
+
+    def _check_dim(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.cfg.dim:
+            raise ValueError(f"this network serves d = {self.cfg.dim}; got points of dimension {x.shape[-1]}")
+
+    def encode(self, samples: torch.Tensor, key_block: int = 4096, query_block: int = 4096) -> EncodedSamples:
+        """Canonicalise and run the sample encoder on whitened samples (B, n, d) (block sizes unused:
+        the fused attention kernel bounds memory itself)."""
+        self._check_dim(samples)
+        B, n, d = samples.shape
+        ctx = context_features(n, d, samples.device)
+        frame = canonical_frame(samples)
+        u = samples @ frame
+        feat = self._tokens(self.embed, u, ctx)
+        for block in self.sample_blocks:
+            feat = block(feat)
+        return EncodedSamples(u, feat, ctx, n, samples, frame)
+
+    def query(self, enc: EncodedSamples, queries: torch.Tensor, key_block: int = 4096
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened queries (B, m, d) -> (log-density (B, m), score (B, m, d)), whitened units."""
+        self._check_dim(queries)
+        assert enc.frame is not None
+        d = queries.shape[-1]
+        u = queries @ enc.frame
+        h = self._tokens(self.query_embed, u, enc.ctx)
+        for block in self.query_blocks:
+            h = block(h, enc.feat)
+        out = self.head(self.final_norm(h))
+        log_density = (-0.5 * (u * u).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+                       + math.sqrt(d) * out[..., 0])
+        score_u = -u + out[..., 1:]
+        return log_density, score_u @ enc.frame.transpose(1, 2)
+
+    def forward(self, samples: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened samples (B, n, d) and queries (B, m, d) -> (log-density (B, m), score (B, m, d))."""
+        return self.query(self.encode(samples), queries)
+
+    def query_side_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the sample encoder (see :meth:`DiScoFormerNet.query_side_parameters`)."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] not in self.ENCODER_MODULES]
+
+    def temperature_parameters(self) -> list[nn.Parameter]:
+        """What test-time adaptation moves: the output head's biases (1 + d numbers)."""
+        return [self.head.bias]
+
+
+DensityNet = DiScoFormerNet | SetTransformerNet
+
+
+def build_net(cfg: ModelConfig) -> DensityNet:
+    """The network a config describes (``cfg.architecture``)."""
+    if cfg.architecture == "geometric":
+        return DiScoFormerNet(cfg)
+    if cfg.architecture == "set_transformer":
+        return SetTransformerNet(cfg)
+    raise ValueError(f"ModelConfig.architecture must be 'geometric' or 'set_transformer', got {cfg.architecture!r}")

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .model import DiScoFormerNet, ModelConfig
+from .model import DensityNet, ModelConfig, build_net
 from .targets import random_gmm
 from .whitening import Whitening
 
@@ -85,7 +85,11 @@ class TrainConfig:
                 raw[key] = tuple(raw[key])
         if raw.get("trainable", "all") not in ("all", "query"):
             raise ValueError(f"trainable must be 'all' or 'query', got {raw['trainable']!r}")
-        return TrainConfig(model=model, **raw)
+        cfg = TrainConfig(model=model, **raw)
+        if model.dim and set(cfg.dims) != {model.dim}:
+            raise ValueError(f"a network for d = {model.dim} trains on that d only: set dims to [{model.dim}], "
+                             f"got {list(cfg.dims)}")
+        return cfg
 
 
 def draw_problem(cfg: TrainConfig, step: int, rank: int) -> tuple[int, int, int, torch.Generator]:
@@ -197,11 +201,14 @@ def _eval_set(seed: int = 12345, large_n: int = 0) -> list[tuple[str, Batch]]:
 
 
 @torch.no_grad()
-def evaluate(net: DiScoFormerNet, eval_set: list[tuple[str, Batch]]) -> dict[str, float]:
-    """Relative score MSE and log-density MSE (data coordinates) on the fixed validation set."""
+def evaluate(net: DensityNet, eval_set: list[tuple[str, Batch]]) -> dict[str, float]:
+    """Relative score MSE and log-density MSE (data coordinates) on the fixed validation set (a
+    dimension-specific net: the entries of its d only)."""
     net.eval()
     res = {}
     for name, b in eval_set:
+        if net.cfg.dim and b.samples.shape[-1] != net.cfg.dim:
+            continue
         lp, sc = net(b.samples, b.queries)
         err = sc - b.score
         num = torch.einsum("bmi,bij,bmj->b", err, b.score_x_weight, err)
@@ -235,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     out = Path(cfg.out_dir)
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(cfg.seed)  # parameter initialisation
-    net = DiScoFormerNet(cfg.model)
+    net = build_net(cfg.model)
     if cfg.trainable == "query" and distributed:
         # DDP synchronises gradients through its own forward, which a frozen-encoder step bypasses
         raise ValueError("trainable='query' runs in one process; drop torchrun or train 'all'")
@@ -310,15 +317,18 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
 
 
 def export(checkpoint: str | Path, weights_dir: str | Path, notes: dict | None = None) -> Path:
-    """Write a checkpoint's weights as safetensors plus a JSON with the config and SHA-256."""
-    from .discoformer import save_weights
+    """Write a checkpoint's weights as safetensors plus a JSON with the config and SHA-256: as
+    ``discoformer`` (the general net) or, for a dimension-specific net, ``discoformer-d<d>``
+    (``notes`` may carry ``serves_max_n``, the largest n it is selected for)."""
+    from .discoformer import SPECIALIST_PREFIX, WEIGHTS_NAME, save_weights
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig.from_dict(state["config"])
     meta = {"step": state["step"], "train_config": state["config"], "eval": state.get("eval")}
     if notes:
         meta.update(notes)
-    return save_weights(state["model"], cfg.model, Path(weights_dir), meta)
+    name = f"{SPECIALIST_PREFIX}{cfg.model.dim}" if cfg.model.dim else WEIGHTS_NAME
+    return save_weights(state["model"], cfg.model, Path(weights_dir), meta, name=name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,10 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to --weights-dir and exit")
     parser.add_argument("--weights-dir", default=str(Path(__file__).parent / "weights"))
+    parser.add_argument("--serves-max-n", type=int, default=None,
+                        help="with --export of a dimension-specific net: the largest n it is selected for")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.export:
-        path = export(args.export, args.weights_dir)
+        notes = {"serves_max_n": args.serves_max_n} if args.serves_max_n else None
+        path = export(args.export, args.weights_dir, notes)
         logger.info("exported %s", path)
         return 0
     raw = json.loads(Path(args.config).read_text()) if args.config else {}
