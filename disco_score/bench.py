@@ -375,6 +375,11 @@ class Options:
     resume: bool = False
     #: targets per cell instead of the protocol's (fewer: a cheaper, noisier sweep)
     targets: int | None = None
+    #: an earlier result file (``benchmarks/<suite>.json``) whose cells are reused, with the commit they were
+    #: measured at, except those matching ``rerun`` -- e.g. to re-measure only the cells a new
+    #: dimension-specific checkpoint serves
+    reuse: dict[str, Any] | None = None
+    rerun: str | None = None
 
     def rows(self, suite: str) -> list[str]:
         """Row keys to run in ``suite``: ``--estimators`` (default: the suite's defaults), in that order,
@@ -441,11 +446,31 @@ def _log_cell(opts: Options, suite: str, row_keys: Sequence[str], result: dict[s
             fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
 
 
-def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Cells of an earlier, interrupted run with the same suite, seed, size and rows (``--resume``)."""
-    if not opts.resume or opts.cell_log is None or not opts.cell_log.exists():
+def _reused_result_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Cells of ``opts.reuse`` (same suite, seed, size, rows and targets) not matching ``opts.rerun``."""
+    result = opts.reuse
+    if result is None or result.get("suite") != suite:
         return {}
+    meta = result.get("meta", {})
+    if (meta.get("seed"), meta.get("quick"), meta.get("estimators")) != (opts.seed, opts.quick, list(row_keys)):
+        return {}  # main() refuses such a file before any suite runs
     done = {}
+    for cell in result.get("cells", []):
+        if opts.targets is not None and cell.get("targets") != opts.targets:
+            continue
+        if opts.rerun is not None and re.search(opts.rerun, cell["cell"]):
+            continue
+        done[cell["cell"]] = {**cell, "measured_at": cell.get("measured_at") or {
+            "commit": meta.get("commit"), "date": meta.get("date")}}
+    return done
+
+
+def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Cells to reuse instead of running: those of ``--reuse`` (see :func:`_reused_result_cells`),
+    then those an earlier, interrupted run with the same suite, seed, size and rows logged (``--resume``)."""
+    done = _reused_result_cells(opts, suite, row_keys)
+    if not opts.resume or opts.cell_log is None or not opts.cell_log.exists():
+        return done
     for line in opts.cell_log.read_text().splitlines():
         try:
             entry = json.loads(line)
@@ -1619,6 +1644,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the cells an interrupted run of the same suite, seed and rows logged "
                         "in <out-dir>/benchmarks/cells.jsonl")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="JSON",
+                        help="reuse the cells of this earlier benchmarks/<suite>.json (one suite; same seed and "
+                        "rows), keeping the commit each was measured at, except those matching --rerun")
+    parser.add_argument("--rerun", default=None, metavar="REGEX",
+                        help="with --reuse: cells to measure again (e.g. 'd=10' after a new d = 10 checkpoint)")
     return parser
 
 
@@ -1649,6 +1679,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--targets must be a positive integer")
     if args.timeout is not None and not args.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
+    reuse = None
+    if args.reuse is not None:
+        try:
+            reuse = json.loads(args.reuse.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"--reuse: cannot read {args.reuse}: {exc}")
+        if args.suite not in (reuse.get("suite"),):
+            parser.error(f"--reuse: {args.reuse} holds the {reuse.get('suite')!r} suite; run that suite alone")
+    if args.rerun is not None:
+        if args.reuse is None:
+            parser.error("--rerun needs --reuse")
+        try:
+            re.compile(args.rerun)
+        except re.error as exc:
+            parser.error(f"--rerun is not a valid regular expression: {exc}")
     old = None
     if args.compare is not None:
         try:
@@ -1661,8 +1706,14 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
                    timeout=args.timeout, progress=not args.no_progress,
                    cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume,
-                   targets=args.targets)
+                   targets=args.targets, reuse=reuse, rerun=args.rerun)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
+    if reuse is not None:
+        meta = reuse.get("meta", {})
+        ours = (opts.seed, opts.quick, opts.rows(args.suite))
+        if (meta.get("seed"), meta.get("quick"), meta.get("estimators")) != ours:
+            parser.error(f"--reuse: {args.reuse} was run with seed {meta.get('seed')}, quick {meta.get('quick')}, "
+                         f"rows {meta.get('estimators')}; this run has seed {ours[0]}, quick {ours[1]}, rows {ours[2]}")
     (args.out_dir / "benchmarks").mkdir(parents=True, exist_ok=True)
     command = _command_line(argv)
     logger.info("%s\nseed %d (per-target seeds: crc32 of 'seed/family/d/index[/n]', recorded in the JSON)",

@@ -239,6 +239,29 @@ def test_resume_reuses_logged_cells_and_only_those(tmp_path: Path, monkeypatch: 
     assert any(c[1] == 2 for c in calls)
 
 
+def test_reuse_takes_a_committed_result_except_the_rerun_cells(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["accuracy", "--quick", "--estimators", "kde-scott", "--no-progress", "--only", "P1"]
+    assert bench.main([*args, "--out-dir", str(tmp_path / "old")]) == 0
+    old_path = tmp_path / "old" / "benchmarks" / "accuracy.json"
+    old = json.loads(old_path.read_text())
+    calls = []
+    real = bench.make_problem
+    monkeypatch.setattr(bench, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(bench, "git_commit", lambda: "later0")
+    new_dir = tmp_path / "new"
+    assert bench.main([*args, "--out-dir", str(new_dir), "--reuse", str(old_path), "--rerun", "d=10"]) == 0
+    cells = json.loads((new_dir / "benchmarks" / "accuracy.json").read_text())["cells"]
+    assert {c[1] for c in calls} == {10}  # only the d = 10 cell was measured again
+    assert {k: v for k, v in cells[0].items() if k != "measured_at"} == old["cells"][0]
+    assert cells[0]["measured_at"]["commit"] == old["meta"]["commit"] and "measured_at" not in cells[1]
+    with pytest.raises(SystemExit):  # other rows than the reused file's: refused, not mixed
+        bench.main(["accuracy", "--quick", "--estimators", "kde-oracle", "--no-progress", "--only", "P1",
+                    "--out-dir", str(new_dir), "--reuse", str(old_path)])
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--rerun", "d=10"])  # --rerun without --reuse
+
+
 def test_row_above_its_size_limit_is_recorded_as_skipped(tmp_path: Path) -> None:
     spec = bench.ESTIMATORS["sdkde-discoformer"]
     assert spec.max_n is not None
