@@ -1657,6 +1657,23 @@ def _command_line(argv: Sequence[str]) -> str:
     return " ".join([prog, *map(shlex.quote, argv)])
 
 
+def _check_regex(parser: argparse.ArgumentParser, flag: str, pattern: str | None) -> None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            parser.error(f"{flag} is not a valid regular expression: {exc}")
+
+
+def _read_result(parser: argparse.ArgumentParser, flag: str, path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        parser.error(f"{flag}: cannot read {path}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen suite(s), write JSON and regenerate BENCHMARKS.md and plots.
 
@@ -1670,36 +1687,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [key for key in args.estimators or [] if key not in known]
     if unknown:
         parser.error(f"unknown estimator key(s) {unknown}; choose from {sorted(known)}")
-    if args.only is not None:
-        try:
-            re.compile(args.only)
-        except re.error as exc:
-            parser.error(f"--only is not a valid regular expression: {exc}")
+    _check_regex(parser, "--only", args.only)
     if args.targets is not None and args.targets < 1:
         parser.error("--targets must be a positive integer")
     if args.timeout is not None and not args.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
-    reuse = None
-    if args.reuse is not None:
-        try:
-            reuse = json.loads(args.reuse.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            parser.error(f"--reuse: cannot read {args.reuse}: {exc}")
-        if args.suite not in (reuse.get("suite"),):
-            parser.error(f"--reuse: {args.reuse} holds the {reuse.get('suite')!r} suite; run that suite alone")
-    if args.rerun is not None:
-        if args.reuse is None:
-            parser.error("--rerun needs --reuse")
-        try:
-            re.compile(args.rerun)
-        except re.error as exc:
-            parser.error(f"--rerun is not a valid regular expression: {exc}")
-    old = None
-    if args.compare is not None:
-        try:
-            old = json.loads(args.compare.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            parser.error(f"--compare: cannot read {args.compare}: {exc}")
+    reuse = _read_result(parser, "--reuse", args.reuse)
+    if reuse is not None and args.suite != reuse.get("suite"):
+        parser.error(f"--reuse: {args.reuse} holds the {reuse.get('suite')!r} suite; run that suite alone")
+    if args.rerun is not None and args.reuse is None:
+        parser.error("--rerun needs --reuse")
+    _check_regex(parser, "--rerun", args.rerun)
+    old = _read_result(parser, "--compare", args.compare)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
