@@ -412,7 +412,7 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
         if cell.label in done:
             results.append(done[cell.label])
             bar.update(cell.n_targets)
-            logger.info("%s: reused from %s", cell.label, opts.cell_log)
+            logger.info("%s: reused (measured at %s)", cell.label, done[cell.label]["measured_at"].get("commit"))
             continue
         per_row: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
         seeds = []
@@ -901,7 +901,7 @@ def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
     for cell in cells:
         if cell.label in done:
             results.append(done[cell.label])
-            logger.info("%s: reused from %s", cell.label, opts.cell_log)
+            logger.info("%s: reused (measured at %s)", cell.label, done[cell.label]["measured_at"].get("commit"))
             continue
         n_gen = 200 if opts.quick else SAMPLING_N_GENERATED
         per: dict[str, list[dict[str, Any]]] = {f"{s}|{m}": [] for s in sources for m in SAMPLING_METHODS}
@@ -1100,7 +1100,7 @@ def _reused_cells(result: dict[str, Any]) -> list[str]:
         return []
     parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
              for label, at in earlier]
-    return ["Cells reused from earlier runs of the same suite (`--resume`), measured at another commit: "
+    return ["Cells reused from earlier runs of the same suite (`--resume` or `--reuse`), measured at another commit: "
             + "; ".join(parts) + ".", ""]
 
 
