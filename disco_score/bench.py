@@ -446,14 +446,12 @@ def _log_cell(opts: Options, suite: str, row_keys: Sequence[str], result: dict[s
             fh.write(json.dumps(_jsonable(entry), allow_nan=False) + "\n")
 
 
-def _reused_result_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _reused_result_cells(opts: Options, suite: str) -> dict[str, dict[str, Any]]:
     """Cells of ``opts.reuse`` (same suite, seed, size, rows and targets) not matching ``opts.rerun``."""
     result = opts.reuse
     if result is None or result.get("suite") != suite:
         return {}
-    meta = result.get("meta", {})
-    if (meta.get("seed"), meta.get("quick"), meta.get("estimators")) != (opts.seed, opts.quick, list(row_keys)):
-        return {}  # main() refuses such a file before any suite runs
+    meta = result.get("meta", {})  # seed, size and rows: main() refuses a file that differs
     done = {}
     for cell in result.get("cells", []):
         if opts.targets is not None and cell.get("targets") != opts.targets:
@@ -468,7 +466,7 @@ def _reused_result_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> 
 def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Cells to reuse instead of running: those of ``--reuse`` (see :func:`_reused_result_cells`),
     then those an earlier, interrupted run with the same suite, seed, size and rows logged (``--resume``)."""
-    done = _reused_result_cells(opts, suite, row_keys)
+    done = _reused_result_cells(opts, suite)
     if not opts.resume or opts.cell_log is None or not opts.cell_log.exists():
         return done
     for line in opts.cell_log.read_text().splitlines():

@@ -184,6 +184,11 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def _outside(net: nn.Module, modules: tuple[str, ...]) -> list[nn.Parameter]:
+    """The parameters of ``net`` not in its top-level submodules ``modules``."""
+    return [p for name, p in net.named_parameters() if name.split(".")[0] not in modules]
+
+
 def _zero(layer: nn.Linear) -> nn.Linear:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
@@ -459,7 +464,7 @@ class DiScoFormerNet(nn.Module):
         """Parameters outside the sample encoder (and its embedding, which the encoder shares):
         what a fine-tune with the encoder frozen trains. At large n the encoder's O(n^2) backward
         dominates a step; with it frozen the encoder runs once, without a graph."""
-        return [p for name, p in self.named_parameters() if name.split(".")[0] not in self.ENCODER_MODULES]
+        return _outside(self, self.ENCODER_MODULES)
 
     def temperature_parameters(self) -> list[nn.Parameter]:
         """The query side's few scalar knobs: per-head bandwidth factors and the mixture gate's
@@ -595,7 +600,7 @@ class SetTransformerNet(nn.Module):
 
     def query_side_parameters(self) -> list[nn.Parameter]:
         """Parameters outside the sample encoder (see :meth:`DiScoFormerNet.query_side_parameters`)."""
-        return [p for name, p in self.named_parameters() if name.split(".")[0] not in self.ENCODER_MODULES]
+        return _outside(self, self.ENCODER_MODULES)
 
     def temperature_parameters(self) -> list[nn.Parameter]:
         """What test-time adaptation moves: the output head's biases (1 + d numbers)."""
