@@ -8,16 +8,24 @@ equivariant frame) and run two searches over unit directions w, each step commut
 Prints, per target, |cos| between the whitened mean difference and (a) the best FOBI axis, (b) the
 converged direction of most extreme kurtosis of each search, (c) the best-aligned converged
 direction (an upper bound for any rule that picks among them). 1 = found.
-Usage: python docs/experiments/projection_pursuit_p2.py [seed]"""
+With --fit: pick, among the directions both searches converged to (descent run 1000 steps x 0.3), the
+one whose best two-way split of the projections leaves the least within-split variance (a rule that
+never sees the truth), split the samples there, fit one Gaussian per side (Ledoit-Wolf shrinkage,
+rotation-equivariant) with weights = counts, and print that mixture's score MSE on the benchmark's
+1024 queries: what a component-finding stage would give.
+Usage: python docs/experiments/projection_pursuit_p2.py [seed] [--fit]"""
 import sys
 
 import torch
+from sklearn.covariance import ledoit_wolf
 
 from disco_score import bench
 from disco_score.whitening import Whitening
 
 torch.set_num_threads(1)
-seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+args = [a for a in sys.argv[1:] if a != "--fit"]
+seed = int(args[0]) if args else 0
+fit = "--fit" in sys.argv
 
 
 def excess_kurtosis(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -41,9 +49,34 @@ def descent(w: torch.Tensor, z: torch.Tensor, iters: int = 200, step: float = 0.
     return w
 
 
+def best_split(w: torch.Tensor, z: torch.Tensor, min_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k,) within-split variance fraction of the best two-way split of each projection, (k,) threshold."""
+    proj, _ = torch.sort(w @ z.T, dim=1)
+    n = proj.shape[1]
+    c1, c2 = proj.cumsum(1), (proj ** 2).cumsum(1)
+    left = torch.arange(1, n, dtype=proj.dtype)
+    ss_left = c2[:, :-1] - c1[:, :-1] ** 2 / left
+    ss_right = (c2[:, -1:] - c2[:, :-1]) - (c1[:, -1:] - c1[:, :-1]) ** 2 / (n - left)
+    within = (ss_left + ss_right) / (c2[:, -1:] - c1[:, -1:] ** 2 / n)
+    within[:, : min_size - 1], within[:, n - min_size:] = float("inf"), float("inf")
+    k = within.argmin(1)
+    rows = torch.arange(len(w))
+    return within[rows, k], 0.5 * (proj[rows, k] + proj[rows, k + 1])
+
+
+def split_fit_score_mse(x: torch.Tensor, side: torch.Tensor, target, queries: torch.Tensor) -> float:
+    from disco_score.targets import GaussianMixture
+    parts = [x[side], x[~side]]
+    covs = torch.stack([torch.as_tensor(ledoit_wolf(part.numpy())[0]) for part in parts])
+    means = torch.stack([part.mean(0) for part in parts])
+    weights = torch.tensor([len(part) / len(x) for part in parts], dtype=torch.float64)
+    est = GaussianMixture(weights, means, covs)
+    return float(((est.score(queries) - target.score(queries)) ** 2).mean())
+
+
 for n in (2048, 16384):
     for idx in range(4):
-        p = bench.make_problem("p2", 100, n, idx, seed, m=8)
+        p = bench.make_problem("p2", 100, n, idx, seed, **({} if fit else {"m": 8}))
         x = p.samples.double()
         whitening = Whitening.from_samples(x)
         z = whitening.forward(x)
@@ -57,3 +90,11 @@ for n in (2048, 16384):
               f"{float(excess_kurtosis(dmu[None], z)[0]):+.2f}): FOBI {float(cos(fobi).max()):.3f} | "
               f"fixed point {float(cos(w_fp)[k_fp.abs().argmax()]):.3f} (best {float(cos(w_fp).max()):.3f}) | "
               f"descent {float(cos(w_gd)[k_gd.argmin()]):.3f} (best {float(cos(w_gd).max()):.3f})")
+        if fit:
+            candidates = torch.cat([w_fp, descent(fobi, z, 1000, 0.3)])
+            within, threshold = best_split(candidates, z, min_size=z.shape[1] + 2)
+            j = int(within.argmin())
+            side = z @ candidates[j] < threshold[j]
+            mse = split_fit_score_mse(x, side, p.target, p.queries.double())
+            print(f"    --fit: chosen direction |cos| {float(cos(candidates[j:j + 1])[0]):.3f}, within-split variance "
+                  f"{float(within[j]):.3f}, split sizes {int(side.sum())}/{int((~side).sum())}, score MSE {mse:.4f}")
