@@ -20,6 +20,9 @@ import torch
 from sklearn.covariance import ledoit_wolf
 
 from disco_score import bench
+from disco_score.metrics import score_mse
+from disco_score.model import canonical_frame
+from disco_score.targets import GaussianMixture
 from disco_score.whitening import Whitening
 
 torch.set_num_threads(1)
@@ -64,14 +67,12 @@ def best_split(w: torch.Tensor, z: torch.Tensor, min_size: int) -> tuple[torch.T
     return within[rows, k], 0.5 * (proj[rows, k] + proj[rows, k + 1])
 
 
-def split_fit_score_mse(x: torch.Tensor, side: torch.Tensor, target, queries: torch.Tensor) -> float:
-    from disco_score.targets import GaussianMixture
+def split_fit_score_mse(x: torch.Tensor, side: torch.Tensor, problem: bench.Problem) -> float:
     parts = [x[side], x[~side]]
     covs = torch.stack([torch.as_tensor(ledoit_wolf(part.numpy())[0]) for part in parts])
     means = torch.stack([part.mean(0) for part in parts])
     weights = torch.tensor([len(part) / len(x) for part in parts], dtype=torch.float64)
-    est = GaussianMixture(weights, means, covs)
-    return float(((est.score(queries) - target.score(queries)) ** 2).mean())
+    return score_mse(GaussianMixture(weights, means, covs).score(problem.queries.double()), problem.true_score)
 
 
 for n in (2048, 16384):
@@ -82,7 +83,7 @@ for n in (2048, 16384):
         z = whitening.forward(x)
         dmu = (whitening.forward(p.target.means[1:2].double()) - whitening.forward(p.target.means[0:1].double())).flatten()
         dmu = dmu / dmu.norm()
-        fobi = torch.linalg.eigh((z * (z * z).sum(1, keepdim=True)).T @ z / n)[1].T  # rows = axes
+        fobi = canonical_frame(z[None])[0].T  # rows = the FOBI axes
         w_fp, w_gd = fixed_point(fobi, z), descent(fobi, z)
         k_fp, k_gd = excess_kurtosis(w_fp, z), excess_kurtosis(w_gd, z)
         cos = lambda w: (w @ dmu).abs()
@@ -95,6 +96,6 @@ for n in (2048, 16384):
             within, threshold = best_split(candidates, z, min_size=z.shape[1] + 2)
             j = int(within.argmin())
             side = z @ candidates[j] < threshold[j]
-            mse = split_fit_score_mse(x, side, p.target, p.queries.double())
+            mse = split_fit_score_mse(x, side, p)
             print(f"    --fit: chosen direction |cos| {float(cos(candidates[j:j + 1])[0]):.3f}, within-split variance "
                   f"{float(within[j]):.3f}, split sizes {int(side.sum())}/{int((~side).sum())}, score MSE {mse:.4f}")
