@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Estimator, Oracle
+from .components import SPLIT_GATE, find_split
 from .kde import KDEOracle
 from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
@@ -40,6 +41,10 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_NAME = "discoformer"
 #: dimension-specific checkpoints are ``<SPECIALIST_PREFIX><d>.safetensors`` beside the general one
 SPECIALIST_PREFIX = "discoformer-d"
+#: components are looked for from this dimension up: below it the network's attention separates
+#: them itself (P1 and P3 at d <= 10 are met without), above it whitening hides them
+#: (docs/experiments.md, session 9)
+SPLIT_MIN_DIM = 16
 
 
 def _sha256(path: Path) -> str:
@@ -134,6 +139,16 @@ class DiScoFormer(Estimator):
             lowest score MSE against ``p * N(0, sigma^2 I)``, and deterministic samplers such as DDIM
             do not copy the data), except in :func:`disco_score.samplers.annealed_langevin`, which
             uses :data:`LANGEVIN_CONVOLUTION_THRESHOLD` (0.4; docs/experiments.md, session 5).
+        split_components: in ``d >= split_min_dim``, look for well-separated components first
+            (:func:`disco_score.components.find_split`, rotation-equivariant projection pursuit) and,
+            recursively, fit one network per component: ``fit`` then returns a
+            :class:`DiScoFormerMixture`. Whitening makes two distant components of a
+            high-dimensional set nearly invisible to distances; fitted apart, each is easy.
+        split_min_dim: the smallest dimension where components are looked for.
+        split_gate: split only where the best two-way split leaves less than this fraction of the
+            variance along its direction within the sides (Gaussian: 0.36; see
+            :data:`disco_score.components.SPLIT_GATE`).
+        max_components: at most this many components (splits stop there).
 
     Example:
         >>> import numpy as np
@@ -146,7 +161,9 @@ class DiScoFormer(Estimator):
 
     def __init__(self, net: DensityNet | None = None, key_block: int = 4096, query_block: int = 1024,
                  normalize: bool = True, convolution_threshold: float | None = None,
-                 specialists: Sequence[Specialist] | None = None) -> None:
+                 specialists: Sequence[Specialist] | None = None, split_components: bool = True,
+                 split_min_dim: int = SPLIT_MIN_DIM, split_gate: float = SPLIT_GATE,
+                 max_components: int = 8) -> None:
         if specialists is None:
             specialists = load_specialists() if net is None else ()
         self.net = net if net is not None else load_weights()[0]
@@ -159,6 +176,12 @@ class DiScoFormer(Estimator):
         self.normalize = bool(normalize)
         self.convolution_threshold = (None if convolution_threshold is None
                                       else check_positive(convolution_threshold, "convolution_threshold"))
+        self.split_components = bool(split_components)
+        self.split_min_dim = check_int(split_min_dim, "split_min_dim")
+        self.split_gate = check_positive(split_gate, "split_gate")
+        if not self.split_gate < 1:
+            raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {split_gate}")
+        self.max_components = check_int(max_components, "max_components")
 
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
@@ -173,14 +196,43 @@ class DiScoFormer(Estimator):
         """The JSON stored beside the weights (config, SHA-256, training metadata)."""
         return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
 
-    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle":
-        """Condition on ``samples`` (n, d): whiten them and run the sample encoder once.
+    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerMixture":
+        """Condition on ``samples`` (n, d): whiten them and run the sample encoder once (per
+        component, where components are found; see ``split_components``).
 
-        Returns an immutable :class:`DiScoFormerOracle` (in the samples' dtype and on their device); raises
-        ValueError if the samples are invalid, have no spread or are rank-deficient.
+        Returns an immutable :class:`DiScoFormerOracle`, or a :class:`DiScoFormerMixture` of them
+        (in the samples' dtype and on their device); raises ValueError if the samples are invalid,
+        have no spread or are rank-deficient.
         """
         x = as_samples(samples)
-        return DiScoFormerOracle(self, x, self.net_for(*x.shape))
+        whitening = Whitening.from_samples(x)  # validates the whole set before any splitting
+        parts = self.components(x, whitening)
+        if len(parts) == 1:
+            return DiScoFormerOracle(self, x, self.net_for(*x.shape), whitening)
+        oracles = [DiScoFormerOracle(self, part, self.net_for(*part.shape)) for part in parts]
+        counts = torch.tensor([float(part.shape[0]) for part in parts], dtype=torch.float64, device=x.device)
+        return DiScoFormerMixture(self, x, oracles, torch.log(counts / counts.sum()))
+
+    def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
+        """The sample set (n, d) cut into the components ``fit`` models separately (breadth-first,
+        recursively; one part if none is found or splitting is off)."""
+        n, d = samples.shape
+        # each side must be whitenable and its covariance estimable: 2 (d + 1) points at least
+        min_size = max(2 * (d + 1), 32)
+        if not self.split_components or d < self.split_min_dim or n < 2 * min_size:
+            return [samples]
+        parts, done = [samples], []
+        while parts and len(parts) + len(done) < self.max_components:
+            part = parts.pop(0)
+            white = whitening if part is samples and whitening is not None else Whitening.from_samples(part)
+            split = find_split(white.forward(part.to(torch.float64)), min_size, self.split_gate)
+            if split is None:
+                done.append(part)
+                continue
+            logger.info("component split: %d / %d samples, within-split variance %.3f",
+                        int(split.lower.sum()), int((~split.lower).sum()), split.within_fraction)
+            parts += [part[split.lower], part[~split.lower]]
+        return done + parts
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""
@@ -203,13 +255,14 @@ class DiScoFormerOracle(Oracle):
         whitening: the affine map to standard position.
     """
 
-    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DensityNet) -> None:
+    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DensityNet,
+                 whitening: Whitening | None = None) -> None:
         self.estimator = estimator
         self.samples = samples
         self.dim = int(samples.shape[1])
         self.compute_dtype = samples.dtype
         self.device = samples.device
-        self.whitening = Whitening.from_samples(samples)
+        self.whitening = whitening if whitening is not None else Whitening.from_samples(samples)
         self._net = net
         z = self.whitening.forward(samples.to(torch.float64)).to(torch.float32)[None]
         with torch.no_grad():
@@ -358,6 +411,69 @@ class DiScoFormerOracle(Oracle):
 
     def __repr__(self) -> str:
         return f"DiScoFormerOracle(n={self.samples.shape[0]}, d={self.dim})"
+
+
+class DiScoFormerMixture(Oracle):
+    """Components fitted separately, combined as a mixture. Immutable; ``adapt`` returns a new one.
+
+    ``p(x) = sum_k w_k p_k(x)`` with ``p_k`` a :class:`DiScoFormerOracle` on component k's samples and
+    ``w_k`` its share of the samples; the score is the posterior-weighted mean of the components'
+    scores (the exact gradient of ``log p`` given theirs), and ``smoothed(sigma)`` is the mixture of
+    the smoothed components (convolution is linear).
+
+    Attributes:
+        samples: (n, d) all fitted samples (torch, the caller's dtype).
+        components: the per-component oracles.
+        log_weights: (K,) float64 log mixture weights.
+    """
+
+    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],
+                 log_weights: torch.Tensor) -> None:
+        self.estimator = estimator
+        self.samples = samples
+        self.dim = int(samples.shape[1])
+        self.compute_dtype = samples.dtype
+        self.device = samples.device
+        self.components = tuple(components)
+        self.log_weights = log_weights.to(torch.float64)
+        self._freeze()
+
+    def _with_components(self, components: Sequence[Oracle]) -> "DiScoFormerMixture":
+        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights)
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        parts = [c._log_density_and_score(y, want_score) for c in self.components]
+        joint = torch.stack([lp.to(torch.float64) for lp, _ in parts], 1) + self.log_weights  # (m, K)
+        log_p = torch.logsumexp(joint, 1)
+        if not want_score:
+            return log_p.to(y.dtype), None
+        posterior = torch.softmax(joint, 1)
+        score = sum(posterior[:, k, None] * sc.to(torch.float64) for k, (_, sc) in enumerate(parts))
+        assert isinstance(score, torch.Tensor)
+        return log_p.to(y.dtype), score.to(y.dtype)
+
+    def _smoothed(self, sigma: float) -> Oracle:
+        return self._with_components([c.smoothed(sigma) for c in self.components])
+
+    def _networks(self, method: str) -> list[DiScoFormerOracle]:
+        if not all(isinstance(c, DiScoFormerOracle) for c in self.components):
+            raise TypeError(f"{method} needs network components; this mixture is smoothed past the switch "
+                            "to exact convolutions (call it on the unsmoothed fit)")
+        return list(self.components)  # type: ignore[arg-type]
+
+    def with_convolution_threshold(self, threshold: float) -> "DiScoFormerMixture":
+        """Every component with :meth:`DiScoFormerOracle.with_convolution_threshold`."""
+        return self._with_components([c.with_convolution_threshold(threshold)
+                                      for c in self._networks("with_convolution_threshold")])
+
+    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> "DiScoFormerMixture":
+        """:meth:`DiScoFormerOracle.adapt` on every component (each on its own samples)."""
+        return self._with_components([c.adapt(steps, lr, n_queries, seed) for c in self._networks("adapt")])
+
+    def __repr__(self) -> str:
+        sizes = [int(c.samples.shape[0]) for c in self.components]
+        return f"DiScoFormerMixture(n={self.samples.shape[0]}, d={self.dim}, component sizes={sizes})"
 
 
 def _score_matching_and_consistency(net: DensityNet, enc: EncodedSamples, y: torch.Tensor,

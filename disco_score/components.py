@@ -1,0 +1,156 @@
+"""Finding well-separated components of a sample set, rotation-equivariantly.
+
+Why: after whitening, two components that are far apart in the data can sit about 2 units apart
+along one direction of a 100-dimensional cloud whose pair distances are about 14, and a network
+built on distances (or any kernel) cannot see them; a per-component fit can (P2's score MSE at
+n = 16384: 0.18 for the network on the whole set, 0.024 for one Gaussian per found component;
+docs/experiments.md, sessions 8 and 9).
+
+How: projection pursuit in whitened coordinates ``z``. Start from the FOBI axes (eigenvectors of
+``mean(|z|^2 z z^T)``, an equivariant frame) at both ends of the spectrum, run two searches over unit
+directions ``w`` -- FastICA's kurtosis fixed point and gradient descent on ``mean((w.z)^4)`` (a
+bimodal projection has low kurtosis) -- and, among the converged directions, take the one whose
+best two-way split of the projections leaves the smallest fraction of the variance within the two
+sides. Every step commutes with rotations of ``z``, so the split rotates with the data and the
+estimator built on it stays exactly affine-equivariant (ties aside, which have probability zero);
+means over samples make it permutation-invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .model import canonical_frame
+
+#: split only where the best two-way split leaves less than this fraction of the projection's
+#: variance within the sides. A Gaussian projection leaves 1 - 2/pi = 0.36, a uniform one 0.25,
+#: the most bimodal directions of unimodal sets found by the search 0.22-0.27 (d = 100, n = 2048),
+#: P2's found components 0.003-0.15 (docs/experiments.md, sessions 8 and 9)
+SPLIT_GATE = 0.2
+#: ... and below this fraction of what the search finds on Gaussian data of the same (n, d)
+#: (:func:`null_within_fraction`): with d / n large the search overfits, and splits structureless
+#: sets as well as it splits weak components
+NULL_RATIO = 0.6
+#: the search's best within-split fraction on Gaussian (and product Student-t / Laplace) samples,
+#: measured at d = 16, 50, 100 and n / d = 4 ... 160 (docs/experiments.md, session 9), fitted as
+#: ``(1 - 2/pi) - NULL_SCALE * (d / n) ** NULL_POWER``
+NULL_SCALE, NULL_POWER = 0.476, 0.47
+#: starts x samples per search: the FOBI axes used as starts, taken from both ends of the spectrum
+#: (at large n the between-mean direction of two components is near one end -- low fourth moment if
+#: balanced, high if not -- and 16 starts find all 8 of P2's seed-0/1 targets at n = 16384; at
+#: n = 2048 the frame is noisier and only starts from the middle find 3 of 8). So the cost is
+#: about constant in n: every axis at n <= 2048 (d = 100), 16 at n = 16384
+STARTS_BUDGET = 2 ** 18
+MIN_STARTS = 16
+FIXED_POINT_ITERS = 50
+DESCENT_ITERS = 1000
+DESCENT_STEP = 0.3
+#: searches stop once no direction moves more than this (an invariant criterion)
+TOLERANCE = 1e-7
+
+
+@dataclass(frozen=True)
+class Split:
+    """A two-way split of whitened samples along a unit direction.
+
+    Attributes:
+        direction: (d,) unit vector in whitened coordinates.
+        threshold: the cut on ``z @ direction``; side ``lower`` is ``z @ direction < threshold``.
+        within_fraction: fraction of the projection's variance left within the two sides.
+        lower: (n,) bool mask of the samples below the cut.
+    """
+
+    direction: torch.Tensor
+    threshold: float
+    within_fraction: float
+    lower: torch.Tensor
+
+
+def _fixed_point(w: torch.Tensor, z: torch.Tensor, iters: int) -> torch.Tensor:
+    """One-unit FastICA for the kurtosis contrast from each row of ``w`` (k, d): w <- E[z (w.z)^3] - 3w."""
+    for _ in range(iters):
+        new = ((w @ z.T) ** 3) @ z / z.shape[0] - 3 * w
+        new = new / new.norm(dim=1, keepdim=True)
+        # the fixed point is defined up to sign; compare directions, not vectors
+        moved = float((1 - (new * w).sum(1).abs()).max())
+        w = new
+        if moved < TOLERANCE:
+            break
+    return w
+
+
+def _descent(w: torch.Tensor, z: torch.Tensor, iters: int, step: float) -> torch.Tensor:
+    """Projected gradient descent on ``mean((w.z)^4)`` over the unit sphere, from each row of ``w``."""
+    for _ in range(iters):
+        g = ((w @ z.T) ** 3) @ z / z.shape[0]
+        g = g - (g * w).sum(1, keepdim=True) * w  # tangent to the sphere
+        new = w - step * g
+        new = new / new.norm(dim=1, keepdim=True)
+        moved = float((new - w).norm(dim=1).max())
+        w = new
+        if moved < TOLERANCE:
+            break
+    return w
+
+
+def best_splits(w: torch.Tensor, z: torch.Tensor, min_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each unit row of ``w`` (k, d): the best two-way split of the projections ``z @ w_i``.
+
+    Returns ((k,) within-split variance fraction, (k,) threshold); both sides keep at least
+    ``min_size`` samples.
+    """
+    proj, _ = torch.sort(w @ z.T, dim=1)
+    n = proj.shape[1]
+    c1, c2 = proj.cumsum(1), (proj ** 2).cumsum(1)
+    left = torch.arange(1, n, dtype=proj.dtype, device=proj.device)
+    ss_left = c2[:, :-1] - c1[:, :-1] ** 2 / left
+    ss_right = (c2[:, -1:] - c2[:, :-1]) - (c1[:, -1:] - c1[:, :-1]) ** 2 / (n - left)
+    within = (ss_left + ss_right) / (c2[:, -1:] - c1[:, -1:] ** 2 / n)
+    within[:, : min_size - 1] = float("inf")
+    within[:, n - min_size:] = float("inf")
+    k = within.argmin(1)
+    rows = torch.arange(w.shape[0], device=w.device)
+    return within[rows, k], 0.5 * (proj[rows, k] + proj[rows, k + 1])
+
+
+def null_within_fraction(n: int, d: int) -> float:
+    """The within-split variance fraction :func:`find_split`'s search reaches on n Gaussian samples in d
+    dimensions (no components): ``1 - 2/pi`` as n / d grows, less where the search overfits."""
+    return max(0.05, (1 - 2 / math.pi) - NULL_SCALE * (d / n) ** NULL_POWER)
+
+
+def most_separated_split(z: torch.Tensor, min_size: int) -> Split | None:
+    """The search's most separated two-way split of whitened samples ``z`` (n, d), gated by nothing
+    (None only if ``n < 2 * min_size``); ``min_size``: the fewest samples either side may keep.
+
+    Cost: ``2 k`` directions x (``FIXED_POINT_ITERS`` + ``DESCENT_ITERS``) iterations of O(n d) each at
+    most (the searches stop at convergence), ``k = min(d, max(MIN_STARTS, STARTS_BUDGET // n))``
+    starts: about 7 s at d = 100 on two cores, for any n.
+    """
+    n, d = z.shape
+    if n < 2 * min_size:
+        return None
+    z = z.to(torch.float64)
+    axes = canonical_frame(z[None])[0].T  # (d, d) rows, ascending fourth moment
+    k = max(MIN_STARTS, STARTS_BUDGET // n) // 2  # per end of the spectrum
+    starts = axes if 2 * k >= d else torch.cat([axes[:k], axes[d - k:]])
+    candidates = torch.cat([_fixed_point(starts, z, FIXED_POINT_ITERS), _descent(starts, z, DESCENT_ITERS, DESCENT_STEP)])
+    within, threshold = best_splits(candidates, z, min_size)
+    j = int(within.argmin())
+    direction = candidates[j]
+    return Split(direction, float(threshold[j]), float(within[j]), z @ direction < threshold[j])
+
+
+def find_split(z: torch.Tensor, min_size: int, gate: float = SPLIT_GATE) -> Split | None:
+    """The most separated two-way split of whitened samples ``z`` (n, d) if it marks components, else None.
+
+    The split counts only if its within-split variance fraction is below both ``gate`` and
+    ``NULL_RATIO * null_within_fraction(n, d)`` (what the search reaches on structureless data).
+    """
+    split = most_separated_split(z, min_size)
+    if split is None or not split.within_fraction < min(gate, NULL_RATIO * null_within_fraction(*z.shape)):
+        return None
+    return split

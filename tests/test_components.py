@@ -1,0 +1,153 @@
+"""Component finding (disco_score.components) and the per-component mixture DiScoFormer builds on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
+from disco_score.components import find_split, most_separated_split, null_within_fraction
+from disco_score.targets import GaussianMixture, ProductStudentT
+from disco_score.whitening import Whitening
+
+D = 20
+
+
+def _orth(d: int, seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def _two_components(n: int, seed: int, d: int = D, separation: float = 8.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, GaussianMixture]:
+    """(n, d) samples of an unequal-weight pair of correlated Gaussians, the labels and the target."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64) / d ** 0.5
+    cov = a @ a.T + torch.eye(d, dtype=torch.float64)
+    means = torch.zeros(2, d, dtype=torch.float64)
+    means[1, 0] = separation
+    target = GaussianMixture(torch.tensor([0.3, 0.7], dtype=torch.float64), means, torch.stack([cov, cov]))
+    labels = torch.rand(n, generator=gen) < 0.3
+    noise = torch.randn(n, d, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    x = noise + torch.where(labels[:, None], means[0], means[1])
+    return x, labels, target
+
+
+@pytest.fixture(scope="module")
+def model() -> DiScoFormer:
+    return DiScoFormer.pretrained()
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor, GaussianMixture]:
+    return _two_components(2000, 0)
+
+
+def test_find_split_recovers_the_components(data) -> None:
+    x, labels, _ = data
+    split = find_split(Whitening.from_samples(x).forward(x), min_size=2 * (D + 1))
+    assert split is not None
+    agreement = float((split.lower == labels).double().mean())
+    assert max(agreement, 1 - agreement) > 0.99
+
+
+@pytest.mark.parametrize("family", ["gaussian", "student-t"])
+def test_no_split_without_components(family: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(2000, D, generator=gen, dtype=torch.float64) if family == "gaussian"
+         else ProductStudentT(D, df=3.0).sample(2000, gen).double())
+    assert find_split(Whitening.from_samples(x).forward(x), min_size=2 * (D + 1)) is None
+
+
+def test_null_within_fraction_tracks_the_search_on_gaussian_data() -> None:
+    # the gate is relative to the search's own best split on structureless data: check the
+    # fitted curve against a fresh measurement (d = 100, n = 1000: strong overfitting)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1000, 100, generator=gen, dtype=torch.float64)
+    split = most_separated_split(Whitening.from_samples(x).forward(x), min_size=202)
+    assert split is not None
+    assert abs(split.within_fraction - null_within_fraction(1000, 100)) < 0.03
+    assert null_within_fraction(10 ** 9, 100) == pytest.approx(1 - 2 / np.pi, abs=1e-3)
+
+
+def test_fit_returns_a_mixture_of_the_components(model: DiScoFormer, data) -> None:
+    x, labels, target = data
+    oracle = model.fit(x)
+    assert isinstance(oracle, DiScoFormerMixture) and len(oracle.components) == 2
+    sizes = sorted(int(c.samples.shape[0]) for c in oracle.components)
+    assert abs(sizes[0] - min(int(labels.sum()), int((~labels).sum()))) <= 0.01 * x.shape[0]
+    torch.testing.assert_close(oracle.log_weights.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    y = target.sample(500, torch.Generator().manual_seed(9)).double()
+    split_mse = float(((oracle.score(y) - target.score(y)) ** 2).sum(1).mean())
+    whole = DiScoFormer.pretrained(split_components=False).fit(x)
+    assert isinstance(whole, DiScoFormerOracle)
+    whole_mse = float(((whole.score(y) - target.score(y)) ** 2).sum(1).mean())
+    assert split_mse < 0.5 * whole_mse, (split_mse, whole_mse)
+    # below split_min_dim the set is fitted whole
+    assert isinstance(model.fit(x[:, :10]), DiScoFormerOracle)
+
+
+def test_mixture_combines_components_exactly() -> None:
+    # components given as exact Gaussians: the mixture must equal the exact two-component mixture
+    _, _, target = _two_components(10, 0)
+    parts = [GaussianMixture(target.weights[k:k + 1] / target.weights[k], target.means[k:k + 1],
+                             target.covariances[k:k + 1]) for k in range(2)]
+    samples = torch.zeros(4, D, dtype=torch.float64)
+    mixture = DiScoFormerMixture(DiScoFormer.pretrained(), samples, parts, target.weights.log())
+    y = target.sample(200, torch.Generator().manual_seed(3)).double() * 1.5
+    lp, sc = mixture.log_density_and_score(y)
+    torch.testing.assert_close(lp, target.log_prob_t(y))
+    torch.testing.assert_close(sc, target.score_t(y))
+    smoothed = mixture.smoothed(0.7)
+    torch.testing.assert_close(smoothed.score(y), target.smoothed(0.7).score(y))
+    # and the score is the gradient of its log-density
+    yg = y[:20].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mixture._log_density_and_score(yg, want_score=False)[0].sum(), yg)
+    torch.testing.assert_close(mixture.score(y[:20]), g)
+
+
+def test_mixture_is_permutation_invariant_and_affine_equivariant(model: DiScoFormer, data) -> None:
+    x, _, target = data
+    y = target.sample(100, torch.Generator().manual_seed(4)).double()
+    base = model.fit(x)
+    lp0, s0 = base.log_density_and_score(y)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(5))
+    lp_p, s_p = model.fit(x[perm]).log_density_and_score(y)
+    torch.testing.assert_close(lp_p, lp0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s_p, s0, rtol=1e-4, atol=1e-5)
+    a = _orth(D, 6) @ torch.diag(torch.linspace(0.1, 10.0, D, dtype=torch.float64)) @ _orth(D, 7)
+    shift = torch.linspace(-5, 5, D, dtype=torch.float64)
+    moved = model.fit(x @ a + shift)
+    assert isinstance(moved, DiScoFormerMixture)
+    lp1, s1 = moved.log_density_and_score(y @ a + shift)
+    torch.testing.assert_close(lp1, lp0 - torch.linalg.slogdet(a)[1], rtol=0, atol=2e-4 * (1 + float(lp0.abs().max())))
+    expected = s0 @ torch.linalg.inv(a).T
+    assert float((s1 - expected).norm() / expected.norm()) < 1e-3
+
+
+def test_mixture_adapt_and_convolution_threshold(model: DiScoFormer, data) -> None:
+    x, _, target = data
+    oracle = model.fit(x)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    adapted = oracle.adapt(steps=2)
+    assert isinstance(adapted, DiScoFormerMixture) and adapted is not oracle
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    y = target.sample(20, torch.Generator().manual_seed(6)).double()
+    assert not torch.equal(adapted.score(y), oracle.score(y))
+    switched = oracle.with_convolution_threshold(0.4)
+    assert all(c._convolution_threshold == 0.4 for c in switched.components)
+    with pytest.raises(TypeError, match="smoothed"):
+        oracle.smoothed(5.0).adapt()
+    with pytest.raises(AttributeError, match="immutable"):
+        oracle.log_weights = oracle.log_weights
+
+
+def test_split_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="split_gate"):
+        DiScoFormer.pretrained(split_gate=1.5)
+    with pytest.raises(ValueError, match="max_components"):
+        DiScoFormer.pretrained(max_components=0)
+    with pytest.raises(ValueError, match="split_min_dim"):
+        DiScoFormer.pretrained(split_min_dim=0)
