@@ -724,9 +724,19 @@ def run_speed(opts: Options, ctx: Context) -> dict[str, Any]:
     keys = opts.rows("speed")
     configs = [(d, n) for d, n in speed_configs(opts.quick) if opts.selected(f"speed d={d} n={n}")]
     gave_up: dict[tuple[str, int], str] = {}
+    done = _reused_result_cells(opts, "speed")
     cells = []
     bar = tqdm(total=len(configs) * len(keys), desc="speed", disable=not opts.progress, leave=False)
     for d, n in configs:
+        label = f"speed d={d} n={n}"
+        if label in done:
+            cells.append(done[label])
+            for key, row in done[label]["rows"].items():
+                if row["status"] in ("timeout", "oom"):
+                    gave_up[(key, d)] = f"{row['status']} at n={n}"
+            bar.update(len(keys))
+            logger.info("%s: reused (measured at %s)", label, done[label]["measured_at"].get("commit"))
+            continue
         rows: dict[str, dict[str, Any]] = {}
         for key in keys:
             if (key, d) in gave_up:
@@ -745,7 +755,7 @@ def run_speed(opts: Options, ctx: Context) -> dict[str, Any]:
         for row in rows.values():
             ok = row["status"] == "ok" and base is not None and base["status"] == "ok"
             row["ratio_to_kde"] = row["values"]["seconds"] / base["values"]["seconds"] if ok else None
-        cells.append({"cell": f"speed d={d} n={n}", "d": d, "n": n, "m": n, "rows": rows})
+        cells.append({"cell": label, "d": d, "n": n, "m": n, "rows": rows})
         logger.info("speed d=%d n=m=%d: %s", d, n, "; ".join(
             f"{r['label']} " + (f"{r['values']['seconds']:.3g} s, {r['values']['peak_rss_mb']:.0f} MB"
                                 if r["status"] == "ok" else r["status"]) for r in rows.values()))

@@ -315,7 +315,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             model["checksum"] = "ok (file matches the recorded sha256)"
             model["parameters"] = sum(p.numel() for p in net.parameters())
     try:
-        specialists: Any = [{"d": sp.dim, "serves_max_n": sp.max_n, "checksum": "ok",
+        specialists: Any = [{"d": sp.dim, "serves_max_n": sp.max_n, "bag_size": sp.bag_size, "checksum": "ok",
                              "parameters": sum(p.numel() for p in sp.net.parameters())}
                             for sp in load_specialists(weights_dir, verify=True)]
     except (OSError, RuntimeError, ValueError) as exc:

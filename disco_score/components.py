@@ -1,4 +1,6 @@
-"""Finding well-separated components of a sample set, rotation-equivariantly.
+"""Cutting a sample set into parts fitted separately, rotation-equivariantly: well-separated
+components (:func:`find_split`), and interleaved subsets of a set larger than a network was trained
+on (:func:`interleaved_subsets`).
 
 Why: after whitening, two components that are far apart in the data can sit about 2 units apart
 along one direction of a 100-dimensional cloud whose pair distances are about 14, and a network
@@ -154,3 +156,18 @@ def find_split(z: torch.Tensor, min_size: int, gate: float = SPLIT_GATE) -> Spli
     if split is None or not split.within_fraction < min(gate, NULL_RATIO * null_within_fraction(*z.shape)):
         return None
     return split
+
+
+def interleaved_subsets(z: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """``k`` disjoint subsets of whitened samples ``z`` (n, d) that each look like the whole set: sort
+    the samples along the first canonical (FOBI) axis and deal them out in turn, so each subset
+    spans the set's whole range. Returns (n_j,) index tensors, n_j = n // k or n // k + 1.
+
+    The axis rotates with the data and the ranks do not depend on the input order, so the subsets
+    are permutation-invariant and rotation-equivariant (ties aside).
+    """
+    if k < 1:
+        raise ValueError(f"k must be a positive number of subsets; got {k}")
+    axis = canonical_frame(z.to(torch.float64)[None])[0][:, 0]
+    order = torch.argsort(z.to(torch.float64) @ axis)
+    return [order[j::k] for j in range(k)]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Estimator, Oracle
-from .components import SPLIT_GATE, find_split
+from .components import SPLIT_GATE, find_split, interleaved_subsets
 from .kde import KDEOracle
 from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
@@ -95,10 +95,19 @@ def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, veri
 class Specialist:
     """A dimension-specific network (:class:`~disco_score.model.SetTransformerNet`) and the sample
     sizes it serves: ``fit`` uses it for ``d == net.cfg.dim`` and ``n <= max_n``, the general
-    network otherwise (``max_n`` None: every n)."""
+    network otherwise (``max_n`` None: every n).
+
+    ``bag_size`` (None: off): the largest n the network was trained at. ``fit`` cuts a larger set,
+    ``n >= 2 bag_size``, into ``n // bag_size`` interleaved subsets
+    (:func:`~disco_score.components.interleaved_subsets`), fits each, and mixes the fits with weights
+    by size: beyond its trained n the network gets worse with more samples, while the mixture of
+    fits at the trained n keeps improving (docs/experiments.md, session 9), at a fraction of the
+    O(n^2) cost.
+    """
 
     net: SetTransformerNet
     max_n: int | None = None
+    bag_size: int | None = None
 
     @property
     def dim(self) -> int:
@@ -108,13 +117,14 @@ class Specialist:
 
 def load_specialists(weights_dir: Path = WEIGHTS_DIR, verify: bool = True) -> list[Specialist]:
     """Every ``discoformer-d<d>`` checkpoint in ``weights_dir`` (hash-verified), with the ``max_n``
-    recorded in its model card (``meta.serves_max_n``), sorted by d."""
+    and ``bag_size`` recorded in its model card (``meta.serves_max_n``, ``meta.bag_size``), sorted by d."""
     out = []
     for card_path in sorted(weights_dir.glob(f"{SPECIALIST_PREFIX}*.json")):
         net, card = load_weights(weights_dir, card_path.stem, verify)
         if not isinstance(net, SetTransformerNet):
             raise ValueError(f"{card_path} does not describe a dimension-specific network")
-        out.append(Specialist(net, card.get("meta", {}).get("serves_max_n")))
+        meta = card.get("meta", {})
+        out.append(Specialist(net, meta.get("serves_max_n"), meta.get("bag_size")))
     return sorted(out, key=lambda sp: sp.dim)
 
 
@@ -205,13 +215,21 @@ class DiScoFormer(Estimator):
         have no spread or are rank-deficient.
         """
         x = as_samples(samples)
-        whitening = Whitening.from_samples(x)  # validates the whole set before any splitting
-        parts = self.components(x, whitening)
+        whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
+        parts = [bag for part in self.components(x, whitening) for bag in self._bags(part)]
         if len(parts) == 1:
             return DiScoFormerOracle(self, x, self.net_for(*x.shape), whitening)
         oracles = [DiScoFormerOracle(self, part, self.net_for(*part.shape)) for part in parts]
         counts = torch.tensor([float(part.shape[0]) for part in parts], dtype=torch.float64, device=x.device)
         return DiScoFormerMixture(self, x, oracles, torch.log(counts / counts.sum()))
+
+    def _bags(self, part: torch.Tensor) -> list[torch.Tensor]:
+        """``part`` (n, d) as the interleaved subsets its specialist is fitted on (see :class:`Specialist`)."""
+        specialist = self._specialist_for(*part.shape)
+        if specialist is None or specialist.bag_size is None or part.shape[0] < 2 * specialist.bag_size:
+            return [part]
+        z = Whitening.from_samples(part).forward(part.to(torch.float64))
+        return [part[idx] for idx in interleaved_subsets(z, part.shape[0] // specialist.bag_size)]
 
     def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
         """The sample set (n, d) cut into the components ``fit`` models separately (breadth-first,
@@ -236,10 +254,14 @@ class DiScoFormer(Estimator):
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""
+        specialist = self._specialist_for(n, d)
+        return self.net if specialist is None else specialist.net
+
+    def _specialist_for(self, n: int, d: int) -> Specialist | None:
         for sp in self.specialists:
             if sp.dim == d and (sp.max_n is None or n <= sp.max_n):
-                return sp.net
-        return self.net
+                return sp
+        return None
 
     def __repr__(self) -> str:
         dims = f", specialists for d={[sp.dim for sp in self.specialists]}" if self.specialists else ""
@@ -414,7 +436,9 @@ class DiScoFormerOracle(Oracle):
 
 
 class DiScoFormerMixture(Oracle):
-    """Components fitted separately, combined as a mixture. Immutable; ``adapt`` returns a new one.
+    """Parts of a sample set fitted separately -- components found by ``fit``, or the interleaved
+    subsets of a set larger than a specialist was trained on -- combined as a mixture. Immutable;
+    ``adapt`` returns a new one.
 
     ``p(x) = sum_k w_k p_k(x)`` with ``p_k`` a :class:`DiScoFormerOracle` on component k's samples and
     ``w_k`` its share of the samples; the score is the posterior-weighted mean of the components'
@@ -423,8 +447,8 @@ class DiScoFormerMixture(Oracle):
 
     Attributes:
         samples: (n, d) all fitted samples (torch, the caller's dtype).
-        components: the per-component oracles.
-        log_weights: (K,) float64 log mixture weights.
+        components: the per-part oracles.
+        log_weights: (K,) float64 log mixture weights (each part's share of the samples).
     """
 
     def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],

@@ -319,7 +319,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
 def export(checkpoint: str | Path, weights_dir: str | Path, notes: dict | None = None) -> Path:
     """Write a checkpoint's weights as safetensors plus a JSON with the config and SHA-256: as
     ``discoformer`` (the general net) or, for a dimension-specific net, ``discoformer-d<d>``
-    (``notes`` may carry ``serves_max_n``, the largest n it is selected for)."""
+    (``notes`` may carry ``serves_max_n``, the largest n it is selected for, and ``bag_size``, the
+    largest n it was trained at; see :class:`~disco_score.discoformer.Specialist`)."""
     from .discoformer import SPECIALIST_PREFIX, WEIGHTS_NAME, save_weights
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -347,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights-dir", default=str(Path(__file__).parent / "weights"))
     parser.add_argument("--serves-max-n", type=int, default=None,
                         help="with --export of a dimension-specific net: the largest n it is selected for")
+    parser.add_argument("--bag-size", type=int, default=None,
+                        help="with --export of a dimension-specific net: the largest n it was trained at "
+                             "(larger sets are fitted as a mixture of interleaved subsets of about this size)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.export:
-        notes = {"serves_max_n": args.serves_max_n} if args.serves_max_n else None
+        notes = {key: value for key, value in (("serves_max_n", args.serves_max_n), ("bag_size", args.bag_size))
+                 if value} or None
         path = export(args.export, args.weights_dir, notes)
         logger.info("exported %s", path)
         return 0

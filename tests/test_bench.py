@@ -144,6 +144,12 @@ def test_speed_subprocess_records_time_memory_and_timeouts(tmp_path: Path) -> No
     timed_out = bench.run_speed_config({"estimator": "kde-scott", "d": 2, "n": 256, "seed": 0}, timeout=0.01)
     assert timed_out["status"] == "timeout" and "time-out" in timed_out["error"]
     assert "d = 2" in (tmp_path / "BENCHMARKS.md").read_text()
+    # --reuse: the committed cell is taken verbatim, nothing is timed again
+    again = tmp_path / "again"
+    assert _run(again, "speed", "--quick", "--estimators", "kde-scott", "scipy-kde", "--only", "^speed d=2 ",
+                "--reuse", str(tmp_path / "benchmarks" / "speed.json")) == 0
+    (reused,) = _load(again, "speed")["cells"]
+    assert reused["rows"] == cell["rows"] and "measured_at" in reused
 
 
 def test_integrated_squared_error_matches_closed_form() -> None:

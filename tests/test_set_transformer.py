@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from disco_score import DiScoFormer
+from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
 from disco_score.discoformer import Specialist, load_specialists
 from disco_score.model import DiScoFormerNet, ModelConfig, SetTransformerNet, build_net, canonical_frame
 from disco_score.targets import random_gmm
@@ -70,6 +70,35 @@ def test_specialist_oracle_is_exactly_affine_equivariant(mixture) -> None:
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(estimator.fit(x[perm]).score(y), sc, rtol=1e-4, atol=1e-4)
     assert float(sc.norm()) > 0 and not torch.allclose(sc, -y)  # the head is not the trivial N(0, I)
+
+
+def test_sets_above_the_bag_size_are_fitted_as_a_mixture_of_interleaved_subsets(mixture) -> None:
+    x, y = mixture  # n = 400
+    general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
+    specialist = _random_specialist()
+    bagged = DiScoFormer(general, specialists=[Specialist(specialist, bag_size=120)])
+    assert isinstance(bagged.fit(x[:239]), DiScoFormerOracle)  # below 2 x bag_size: one fit
+    oracle = bagged.fit(x)
+    assert isinstance(oracle, DiScoFormerMixture)
+    sizes = sorted(int(c.samples.shape[0]) for c in oracle.components)
+    assert sizes == [133, 133, 134]  # 400 // 120 = 3 subsets dealt out in turn
+    together = torch.cat([c.samples for c in oracle.components])
+    assert torch.equal(torch.sort(together, 0).values, torch.sort(x, 0).values)  # disjoint and complete
+    for c in oracle.components:  # each subset spans the range of the whole set
+        assert float(c.samples.std(0).min() / x.std(0).min()) > 0.8
+    # the mixture is the size-weighted average of the subsets' densities
+    lp = oracle.log_density(y)
+    expected = torch.logsumexp(torch.stack([c.log_density(y) for c in oracle.components]) + oracle.log_weights[:, None], 0)
+    torch.testing.assert_close(lp, expected)
+    # still exactly permutation-invariant and affine-equivariant
+    a = _orth(D, 4) * torch.tensor([0.5, 2.0, 3.0, 0.1, 7.0], dtype=torch.float64)
+    b = torch.arange(D, dtype=torch.float64)
+    sc = oracle.score(y)
+    sc_t = bagged.fit(x @ a + b).score(y @ a + b)
+    expected_sc = sc @ torch.linalg.inv(a).T
+    assert float((sc_t - expected_sc).norm() / expected_sc.norm()) < 1e-3
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(bagged.fit(x[perm]).score(y), sc, rtol=1e-4, atol=1e-4)
 
 
 def test_fused_attention_path_matches_the_autograd_path(mixture) -> None:
@@ -134,10 +163,10 @@ def test_tiny_training_lowers_loss_then_exports_and_loads_verified(tmp_path: Pat
     assert after < before, (before, after)
 
     weights = tmp_path / "weights"
-    path = export(ckpt, weights, {"serves_max_n": 4096})
+    path = export(ckpt, weights, {"serves_max_n": 4096, "bag_size": 1024})
     assert path.name == f"discoformer-d{D}.safetensors"
     (loaded,) = load_specialists(weights)
-    assert loaded.dim == D and loaded.max_n == 4096
+    assert loaded.dim == D and loaded.max_n == 4096 and loaded.bag_size == 1024
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.net.state_dict()[key], value), key
     card = json.loads((weights / f"discoformer-d{D}.json").read_text())
