@@ -56,7 +56,6 @@ from tqdm import tqdm
 
 from . import metrics
 from .base import Estimator, Oracle
-from .discoformer import load_specialists
 from .kde import KDE, SDKDE, oracle_tuned_kde
 from .targets import GaussianMixture, ProductLaplace, ProductStudentT, Target, random_gmm
 
@@ -581,8 +580,7 @@ def run_accuracy(opts: Options, ctx: Context) -> dict[str, Any]:
 
 
 SCALING_N_DIMS = (2, 10, 100)
-#: DiScoFormer's sample encoder is exact O(n^2) attention (except where a specialist with a bag size
-#: serves: subsets of that size, linear in n): measured 167 s per target at d = 10,
+#: DiScoFormer's sample encoder is exact O(n^2) attention: measured 167 s per target at d = 10,
 #: n = 2^15 on one thread (docs/experiments.md), so 2^16 and 2^17 (~11 and ~45 min per target,
 #: 3 dimensions) are recorded as not run rather than left out silently
 SCALING_DISCOFORMER_MAX_N = 2 ** 15
@@ -595,11 +593,8 @@ def scaling_cells(quick: bool) -> list[Cell]:
     at fixed n."""
     ns = [2 ** k for k in ((8, 10, 11) if quick else range(8, 18))]
     targets = 1 if quick else 4
-    # a specialist with a bag size fits large sets as subsets of that size: linear cost, always run
-    bagged = {sp.dim for sp in load_specialists() if sp.bag_size is not None}
     by_n = [Cell("vs n", "p2" if d == 100 else "gmm", d, n, targets, ("relative_score_mse",),
-                 *((("discoformer",), SCALING_DISCOFORMER_SKIP) if n > SCALING_DISCOFORMER_MAX_N and d not in bagged
-                   else ()))
+                 *((("discoformer",), SCALING_DISCOFORMER_SKIP) if n > SCALING_DISCOFORMER_MAX_N else ()))
             for d in (SCALING_N_DIMS[:2] if quick else SCALING_N_DIMS) for n in ns]
     n_fixed = 2 ** 10 if quick else 2 ** 14
     dims = (1, 2, 5, 10) if quick else (1, 2, 5, 10, 20, 50, 100)
