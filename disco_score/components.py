@@ -171,3 +171,40 @@ def interleaved_subsets(z: torch.Tensor, k: int) -> list[torch.Tensor]:
     axis = canonical_frame(z.to(torch.float64)[None])[0][:, 0]
     order = torch.argsort(z.to(torch.float64) @ axis)
     return [order[j::k] for j in range(k)]
+
+
+#: rounds of reassignment after the cuts (:func:`reassign_to_gaussians`); it settles in 2-3
+REASSIGN_ITERS = 5
+
+
+def reassign_to_gaussians(z: torch.Tensor, labels: torch.Tensor, min_size: int,
+                          iters: int = REASSIGN_ITERS) -> torch.Tensor:
+    """Move each sample to the part whose Gaussian fit explains it best (classification EM).
+
+    ``z`` (n, d) whitened samples, ``labels`` (n,) part indices 0 … k-1 from the cuts. A cut is a
+    hyperplane: a component lying across it is split, and its far piece rides along as a small
+    clump at the edge of a neighbour, which that part's network must then model as well (d = 10,
+    n = 16384: 58 of one component's 795 points; docs/experiments.md, session 10). Each round fits
+    every part's mean and covariance and assigns each sample to the largest
+    ``log(count) + log N(z; mean, cov)``; a round that would leave a part below ``min_size`` points
+    is not taken. The log-likelihood is affine-invariant, so the parts stay equivariant.
+    Returns the new (n,) labels.
+    """
+    k, d = int(labels.max()) + 1, z.shape[1]
+    z = z.to(torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=z.device)
+    for _ in range(iters):
+        scores = []
+        for j in range(k):
+            part = z[labels == j]
+            mean = part.mean(0)
+            cov = torch.cov(part.T).reshape(d, d) + 1e-9 * eye  # ridge: whitened units, so equivariant
+            chol = torch.linalg.cholesky(cov)
+            u = torch.linalg.solve_triangular(chol, (z - mean).T, upper=False)
+            scores.append(math.log(part.shape[0]) - torch.log(torch.diagonal(chol)).sum() - 0.5 * (u * u).sum(0))
+        new = torch.stack(scores).argmax(0)
+        counts = torch.bincount(new, minlength=k)
+        if bool((counts < min_size).any()) or bool((new == labels).all()):
+            break
+        labels = new
+    return labels

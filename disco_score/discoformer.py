@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Estimator, Oracle
-from .components import SPLIT_GATE, find_split, interleaved_subsets
+from .components import SPLIT_GATE, find_split, interleaved_subsets, reassign_to_gaussians
 from .kde import KDEOracle
 from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
@@ -41,10 +41,16 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_NAME = "discoformer"
 #: dimension-specific checkpoints are ``<SPECIALIST_PREFIX><d>.safetensors`` beside the general one
 SPECIALIST_PREFIX = "discoformer-d"
-#: components are looked for from this dimension up: below it the network's attention separates
-#: them itself (P1 and P3 at d <= 10 are met without), above it whitening hides them
-#: (docs/experiments.md, session 9)
-SPLIT_MIN_DIM = 16
+#: components are looked for from this dimension up. In d >= 16 whitening hides them from the
+#: network (session 9); at d = 10 the network sees them but fits one component far better than
+#: several (seed-1 GMM-prior targets, n = 16384: 9.4 % relative score MSE on the whole set, 2.3 %
+#: per component; docs/experiments.md, session 10). At d = 2 the prior's components overlap and
+#: no split fired in the probes; d <= 2 is left to the network and its grid normaliser.
+SPLIT_MIN_DIM = 5
+#: the fewest samples a found component may have (or 2 (d + 1), to whiten it): on fewer, the
+#: network alone does worse than on the whole set (d = 10, n = 256 cut into ~60-point parts:
+#: 50 % against 23 %; 192 was the best of 32 … 512 at n = 1024 … 4096; session 10)
+MIN_COMPONENT_SIZE = 192
 
 
 def _sha256(path: Path) -> str:
@@ -159,6 +165,11 @@ class DiScoFormer(Estimator):
             variance along its direction within the sides (Gaussian: 0.36; see
             :data:`disco_score.components.SPLIT_GATE`).
         max_components: at most this many components (splits stop there).
+        min_component_size: the fewest samples a component may have; at least ``2 (d + 1)``, enough
+            to whiten it and estimate its covariance (default :data:`MIN_COMPONENT_SIZE`).
+        reassign: after the cuts, move samples to the part whose Gaussian fit explains them best
+            (:func:`disco_score.components.reassign_to_gaussians`), so a component a cut went
+            through is made whole again.
 
     Example:
         >>> import numpy as np
@@ -173,7 +184,8 @@ class DiScoFormer(Estimator):
                  normalize: bool = True, convolution_threshold: float | None = None,
                  specialists: Sequence[Specialist] | None = None, split_components: bool = True,
                  split_min_dim: int = SPLIT_MIN_DIM, split_gate: float = SPLIT_GATE,
-                 max_components: int = 8) -> None:
+                 max_components: int = 8, min_component_size: int = MIN_COMPONENT_SIZE,
+                 reassign: bool = True) -> None:
         if specialists is None:
             specialists = load_specialists() if net is None else ()
         self.net = net if net is not None else load_weights()[0]
@@ -192,6 +204,8 @@ class DiScoFormer(Estimator):
         if not self.split_gate < 1:
             raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {split_gate}")
         self.max_components = check_int(max_components, "max_components")
+        self.reassign = bool(reassign)
+        self.min_component_size = check_int(min_component_size, "min_component_size", minimum=2)
         self._level_offsets: dict[tuple[int, int, int], float] = {}  # (n, d, net) -> nats
 
     @classmethod
@@ -264,21 +278,31 @@ class DiScoFormer(Estimator):
         recursively; one part if none is found or splitting is off)."""
         n, d = samples.shape
         # each side must be whitenable and its covariance estimable: 2 (d + 1) points at least
-        min_size = max(2 * (d + 1), 32)
+        min_size = max(2 * (d + 1), self.min_component_size)
         if not self.split_components or d < self.split_min_dim or n < 2 * min_size:
             return [samples]
-        parts, done = [samples], []
+        white_all = whitening if whitening is not None else Whitening.from_samples(samples)
+        z_all = white_all.forward(samples.to(torch.float64))
+        parts, done = [torch.arange(n, device=samples.device)], []  # index sets
         while parts and len(parts) + len(done) < self.max_components:
-            part = parts.pop(0)
-            white = whitening if part is samples and whitening is not None else Whitening.from_samples(part)
-            split = find_split(white.forward(part.to(torch.float64)), min_size, self.split_gate)
+            idx = parts.pop(0)
+            z = z_all if len(idx) == n else Whitening.from_samples(samples[idx]).forward(samples[idx].to(torch.float64))
+            split = find_split(z, min_size, self.split_gate)
             if split is None:
-                done.append(part)
+                done.append(idx)
                 continue
             logger.info("component split: %d / %d samples, within-split variance %.3f",
                         int(split.lower.sum()), int((~split.lower).sum()), split.within_fraction)
-            parts += [part[split.lower], part[~split.lower]]
-        return done + parts
+            parts += [idx[split.lower], idx[~split.lower]]
+        found = done + parts
+        if len(found) == 1:
+            return [samples]
+        labels = torch.empty(n, dtype=torch.long, device=samples.device)
+        for j, idx in enumerate(found):
+            labels[idx] = j
+        if self.reassign:
+            labels = reassign_to_gaussians(z_all, labels, min_size)
+        return [samples[labels == j] for j in range(len(found))]
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""

@@ -1,6 +1,6 @@
 """Calibrating the component search's null (docs/experiments.md, session 9): the within-split variance
 fraction `components.most_separated_split` reaches on sets with no components -- Gaussian, product
-Student-t (nu = 3), product Laplace, and Neal's funnel -- at each (d, n), against the fitted curve
+Student-t (nu = 3), product Laplace, Neal's funnel and a banana (curvature 0.5) -- at each (d, n), against the fitted curve
 `components.null_within_fraction(n, d)` that `find_split` gates on (NULL_RATIO x null).
 Usage: python docs/experiments/component_null.py [dims] [ns]   e.g. 100,50,16 404,932,2048,4686,8192,16384"""
 import sys
@@ -9,7 +9,7 @@ import time
 import torch
 
 from disco_score import components
-from disco_score.targets import Funnel, ProductLaplace, ProductStudentT
+from disco_score.targets import Banana, Funnel, ProductLaplace, ProductStudentT
 from disco_score.whitening import Whitening
 
 torch.set_num_threads(1)
@@ -21,7 +21,8 @@ for d in dims:
     families = {"gauss": lambda n: torch.randn(n, d, generator=gen, dtype=torch.float64),
                 "t3": lambda n: ProductStudentT(d, df=3.0).sample(n, gen).double(),
                 "laplace": lambda n: ProductLaplace(d).sample(n, gen).double(),
-                "funnel": lambda n: Funnel(d).sample(n, gen).double()}
+                "funnel": lambda n: Funnel(d).sample(n, gen).double(),
+                "banana": lambda n: Banana(d).sample(n, gen).double()}
     for n in ns:
         if n < 2 * min_size:
             continue
