@@ -77,11 +77,12 @@ def test_sets_above_the_bag_size_are_fitted_as_a_mixture_of_interleaved_subsets(
     general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
     specialist = _random_specialist()
     bagged = DiScoFormer(general, specialists=[Specialist(specialist, bag_size=120)])
-    assert isinstance(bagged.fit(x[:239]), DiScoFormerOracle)  # below 2 x bag_size: one fit
+    assert isinstance(bagged.fit(x[:120]), DiScoFormerOracle)  # up to bag_size: one fit
+    assert len(bagged.fit(x[:121]).components) == 2
     oracle = bagged.fit(x)
     assert isinstance(oracle, DiScoFormerMixture)
     sizes = sorted(int(c.samples.shape[0]) for c in oracle.components)
-    assert sizes == [133, 133, 134]  # 400 // 120 = 3 subsets dealt out in turn
+    assert sizes == [100, 100, 100, 100]  # ceil(400 / 120) = 4 subsets dealt out in turn
     together = torch.cat([c.samples for c in oracle.components])
     assert torch.equal(torch.sort(together, 0).values, torch.sort(x, 0).values)  # disjoint and complete
     for c in oracle.components:  # each subset spans the range of the whole set
