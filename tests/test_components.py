@@ -8,7 +8,7 @@ import torch
 
 from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
 from disco_score.components import find_split, most_separated_split, null_within_fraction, reassign_to_gaussians
-from disco_score.targets import GaussianMixture, ProductStudentT
+from disco_score.targets import Banana, Funnel, GaussianMixture, ProductStudentT
 from disco_score.whitening import Whitening
 
 D = 20
@@ -52,12 +52,15 @@ def test_find_split_recovers_the_components(data) -> None:
     assert max(agreement, 1 - agreement) > 0.99
 
 
-@pytest.mark.parametrize("family", ["gaussian", "student-t"])
-def test_no_split_without_components(family: str) -> None:
+@pytest.mark.parametrize("d", [10, D])
+@pytest.mark.parametrize("family", ["gaussian", "student-t", "funnel", "banana"])
+def test_no_split_without_components(family: str, d: int) -> None:
+    # unimodal shapes the network never trained on must not be cut into parts
     gen = torch.Generator().manual_seed(1)
-    x = (torch.randn(2000, D, generator=gen, dtype=torch.float64) if family == "gaussian"
-         else ProductStudentT(D, df=3.0).sample(2000, gen).double())
-    assert find_split(Whitening.from_samples(x).forward(x), min_size=2 * (D + 1)) is None
+    targets = {"student-t": ProductStudentT(d, df=3.0), "funnel": Funnel(d), "banana": Banana(d, curvature=1.0)}
+    x = (torch.randn(2000, d, generator=gen, dtype=torch.float64) if family == "gaussian"
+         else targets[family].sample(2000, gen).double())
+    assert find_split(Whitening.from_samples(x).forward(x), min_size=192) is None
 
 
 def test_null_within_fraction_tracks_the_search_on_gaussian_data() -> None:
