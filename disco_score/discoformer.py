@@ -290,8 +290,8 @@ class DiScoFormer(Estimator):
             idx = parts.pop(0)
             z = z_all if len(idx) == n else Whitening.from_samples(samples[idx]).forward(samples[idx].to(torch.float64))
             split = find_split(z, min_size, self.split_gate)
-            if split is None:
-                done.append(idx)
+            if split is None or not (_whitenable(samples[idx[split.lower]]) and _whitenable(samples[idx[~split.lower]])):
+                done.append(idx)  # no components, or one would lie in a subspace: fit the part whole
                 continue
             logger.info("component split: %d / %d samples, within-split variance %.3f",
                         int(split.lower.sum()), int((~split.lower).sum()), split.within_fraction)
@@ -303,7 +303,9 @@ class DiScoFormer(Estimator):
         for j, idx in enumerate(found):
             labels[idx] = j
         if self.reassign:
-            labels = reassign_to_gaussians(z_all, labels, min_size)
+            moved = reassign_to_gaussians(z_all, labels, min_size)
+            if all(_whitenable(samples[moved == j]) for j in range(len(found))):
+                labels = moved
         return [samples[labels == j] for j in range(len(found))]
 
     def net_for(self, n: int, d: int) -> DensityNet:
@@ -321,6 +323,15 @@ class DiScoFormer(Estimator):
         dims = f", specialists for d={[sp.dim for sp in self.specialists]}" if self.specialists else ""
         return (f"DiScoFormer(params={sum(p.numel() for p in self.net.parameters())}, "
                 f"key_block={self.key_block}{dims})")
+
+
+def _whitenable(part: torch.Tensor) -> bool:
+    """Whether a part (n, d) spans all d dimensions, so it can be whitened and fitted on its own."""
+    try:
+        Whitening.from_samples(part)
+    except ValueError:
+        return False
+    return True
 
 
 class DiScoFormerOracle(Oracle):

@@ -209,3 +209,15 @@ def test_components_respect_the_minimum_size(model: DiScoFormer) -> None:
     assert split_mse < 0.85 * whole_mse, (split_mse, whole_mse)  # measured 0.24 against 0.32
     with pytest.raises(ValueError, match="min_component_size"):
         DiScoFormer.pretrained(min_component_size=1)
+
+
+def test_a_component_in_a_subspace_is_not_cut_off(model: DiScoFormer) -> None:
+    # the whole set spans all 10 dimensions, one far cluster only 3: that cluster cannot be whitened
+    # on its own, so the set is fitted whole instead of failing inside a part's whitening
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.zeros(800, 10, dtype=torch.float64)
+    flat[:, :3] = torch.randn(800, 3, generator=gen, dtype=torch.float64)
+    flat[:, 0] += 20
+    x = torch.cat([torch.randn(1000, 10, generator=gen, dtype=torch.float64), flat])
+    assert len(model.components(x)) == 1
+    assert bool(torch.isfinite(model.fit(x).score(x[:5])).all())
