@@ -221,28 +221,37 @@ class DiScoFormer(Estimator):
         """The JSON stored beside the weights (config, SHA-256, training metadata)."""
         return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
 
-    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerMixture":
+    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
         """Condition on ``samples`` (n, d): whiten them and run the sample encoder once (per
         component, where components are found; see ``split_components``).
 
-        Returns an immutable :class:`DiScoFormerOracle`, or a :class:`DiScoFormerMixture` of them
-        (in the samples' dtype and on their device); raises ValueError if the samples are invalid,
+        Returns an immutable :class:`DiScoFormerOracle`; a :class:`DiScoFormerAverage` of them for
+        a set larger than its specialist's ``bag_size``; or a :class:`DiScoFormerMixture` of those,
+        one per component (in the samples' dtype and on their device); raises ValueError if the samples are invalid,
         have no spread or are rank-deficient.
         """
         x = as_samples(samples)
         whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
         components = self.components(x, whitening)
-        parts = [bag for part in components for bag in self._bags(part)]
-        if len(parts) == 1:
-            return DiScoFormerOracle(self, x, self.net_for(*x.shape), whitening)
-        oracles = [DiScoFormerOracle(self, part, self.net_for(*part.shape)) for part in parts]
-        counts = torch.tensor([float(part.shape[0]) for part in parts], dtype=torch.float64, device=x.device)
-        log_weights = torch.log(counts / counts.sum())
-        if len(components) > 1:  # each part is one component: recalibrate its level
-            offsets = torch.tensor([self._unimodal_level_offset(*part.shape) for part in parts],
-                                   dtype=torch.float64, device=x.device)
-            log_weights = log_weights - offsets
-        return DiScoFormerMixture(self, x, oracles, log_weights)
+        if len(components) == 1:
+            return self._fit_component(x, whitening)
+        fits = [self._fit_component(part) for part in components]
+        counts = torch.tensor([float(part.shape[0]) for part in components], dtype=torch.float64, device=x.device)
+        # each part is one component: recalibrate its level (a subset average: its subsets' mean level)
+        offsets = torch.tensor([sum(float(c.samples.shape[0]) * self._unimodal_level_offset(*c.samples.shape)
+                                    for c in getattr(fit, "components", [fit])) / float(fit.samples.shape[0])
+                                for fit in fits], dtype=torch.float64, device=x.device)
+        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets)
+
+    def _fit_component(self, part: torch.Tensor, whitening: Whitening | None = None
+                       ) -> "DiScoFormerOracle | DiScoFormerAverage":
+        """One fit of ``part`` (n, d), or the log-average of fits of its interleaved subsets."""
+        bags = self._bags(part)
+        if len(bags) == 1:
+            return DiScoFormerOracle(self, part, self.net_for(*part.shape), whitening)
+        counts = torch.tensor([float(b.shape[0]) for b in bags], dtype=torch.float64, device=part.device)
+        return DiScoFormerAverage(self, part, [DiScoFormerOracle(self, b, self.net_for(*b.shape)) for b in bags],
+                                  torch.log(counts / counts.sum()))
 
     def _unimodal_level_offset(self, n: int, d: int) -> float:
         """Mean error (nats) of the log-density the serving network gives a Gaussian: fitted on n
@@ -500,21 +509,8 @@ class DiScoFormerOracle(Oracle):
         return f"DiScoFormerOracle(n={self.samples.shape[0]}, d={self.dim})"
 
 
-class DiScoFormerMixture(Oracle):
-    """Parts of a sample set fitted separately -- components found by ``fit``, or the interleaved
-    subsets of a set larger than a specialist was trained on -- combined as a mixture. Immutable;
-    ``adapt`` returns a new one.
-
-    ``p(x) = sum_k w_k p_k(x)`` with ``p_k`` a :class:`DiScoFormerOracle` on component k's samples and
-    ``w_k`` its share of the samples; the score is the posterior-weighted mean of the components'
-    scores (the exact gradient of ``log p`` given theirs), and ``smoothed(sigma)`` is the mixture of
-    the smoothed components (convolution is linear).
-
-    Attributes:
-        samples: (n, d) all fitted samples (torch, the caller's dtype).
-        components: the per-part oracles.
-        log_weights: (K,) float64 log mixture weights (each part's share of the samples).
-    """
+class _FitParts(Oracle):
+    """Shared by the two ways ``fit`` combines fits of parts of a sample set (immutable)."""
 
     def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],
                  log_weights: torch.Tensor) -> None:
@@ -527,8 +523,47 @@ class DiScoFormerMixture(Oracle):
         self.log_weights = log_weights.to(torch.float64)
         self._freeze()
 
-    def _with_components(self, components: Sequence[Oracle]) -> "DiScoFormerMixture":
-        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights)
+    def _with_components(self, components: Sequence[Oracle]) -> Any:
+        return type(self)(self.estimator, self.samples, components, self.log_weights)
+
+    def _smoothed(self, sigma: float) -> Oracle:
+        return self._with_components([c.smoothed(sigma) for c in self.components])
+
+    def _networks(self, method: str) -> list[Any]:
+        if not all(isinstance(c, (DiScoFormerOracle, _FitParts)) for c in self.components):
+            raise TypeError(f"{method} needs network components; this fit is smoothed past the switch "
+                            "to exact convolutions (call it on the unsmoothed fit)")
+        return list(self.components)
+
+    def with_convolution_threshold(self, threshold: float) -> Any:
+        """Every part with :meth:`DiScoFormerOracle.with_convolution_threshold`."""
+        return self._with_components([c.with_convolution_threshold(threshold)
+                                      for c in self._networks("with_convolution_threshold")])
+
+    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> Any:
+        """:meth:`DiScoFormerOracle.adapt` on every part (each on its own samples)."""
+        return self._with_components([c.adapt(steps, lr, n_queries, seed) for c in self._networks("adapt")])
+
+    def __repr__(self) -> str:
+        sizes = [int(c.samples.shape[0]) for c in self.components]
+        return f"{type(self).__name__}(n={self.samples.shape[0]}, d={self.dim}, part sizes={sizes})"
+
+
+class DiScoFormerMixture(_FitParts):
+    """Components of a sample set found and fitted separately by ``fit``, combined as a mixture.
+    Immutable; ``adapt`` returns a new one.
+
+    ``p(x) = sum_k w_k p_k(x)`` with ``p_k`` the fit of component k's samples (a
+    :class:`DiScoFormerOracle`, or a :class:`DiScoFormerAverage` of subsets) and ``w_k`` its share of
+    the samples, lowered by the network's level error on one Gaussian of that size; the score is
+    the posterior-weighted mean of the components' scores (the exact gradient of ``log p`` given
+    theirs), and ``smoothed(sigma)`` is the mixture of the smoothed components (convolution is linear).
+
+    Attributes:
+        samples: (n, d) all fitted samples (torch, the caller's dtype).
+        components: the per-component oracles.
+        log_weights: (K,) float64 log mixture weights.
+    """
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -542,27 +577,37 @@ class DiScoFormerMixture(Oracle):
         assert isinstance(score, torch.Tensor)
         return log_p.to(y.dtype), score.to(y.dtype)
 
-    def _smoothed(self, sigma: float) -> Oracle:
-        return self._with_components([c.smoothed(sigma) for c in self.components])
 
-    def _networks(self, method: str) -> list[DiScoFormerOracle]:
-        if not all(isinstance(c, DiScoFormerOracle) for c in self.components):
-            raise TypeError(f"{method} needs network components; this mixture is smoothed past the switch "
-                            "to exact convolutions (call it on the unsmoothed fit)")
-        return list(self.components)  # type: ignore[arg-type]
+class DiScoFormerAverage(_FitParts):
+    """Fits of interleaved subsets of one set (see :class:`Specialist`), averaged in log-density.
+    Immutable; ``adapt`` returns a new one.
 
-    def with_convolution_threshold(self, threshold: float) -> "DiScoFormerMixture":
-        """Every component with :meth:`DiScoFormerOracle.with_convolution_threshold`."""
-        return self._with_components([c.with_convolution_threshold(threshold)
-                                      for c in self._networks("with_convolution_threshold")])
+    ``log p(x) = sum_j v_j log p_j(x)`` and ``score = sum_j v_j s_j(x)`` (its exact gradient), with
+    ``v_j`` the subsets' shares of the samples: a normalised geometric mean, up to the fits'
+    disagreement. Why not their mixture: every subset estimates the same density, and far from the
+    samples a mixture follows whichever fit has the heaviest tail there, more so the more subsets;
+    in a mixture of components, that tail leaks into the other components' regions (d = 10,
+    n = 65536: 2.6 % of the posterior at one component's queries went to other components' subsets,
+    and its score error grew 30x; docs/experiments.md, session 10). ``smoothed(sigma)`` averages the
+    smoothed subsets.
 
-    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> "DiScoFormerMixture":
-        """:meth:`DiScoFormerOracle.adapt` on every component (each on its own samples)."""
-        return self._with_components([c.adapt(steps, lr, n_queries, seed) for c in self._networks("adapt")])
+    Attributes:
+        samples: (n, d) all fitted samples.
+        components: the per-subset oracles.
+        log_weights: (J,) float64 log shares ``log v_j``.
+    """
 
-    def __repr__(self) -> str:
-        sizes = [int(c.samples.shape[0]) for c in self.components]
-        return f"DiScoFormerMixture(n={self.samples.shape[0]}, d={self.dim}, component sizes={sizes})"
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shares = torch.exp(self.log_weights)
+        parts = [c._log_density_and_score(y, want_score) for c in self.components]
+        log_p = sum(v * lp.to(torch.float64) for v, (lp, _) in zip(shares, parts))
+        assert isinstance(log_p, torch.Tensor)
+        if not want_score:
+            return log_p.to(y.dtype), None
+        score = sum(v * sc.to(torch.float64) for v, (_, sc) in zip(shares, parts))
+        assert isinstance(score, torch.Tensor)
+        return log_p.to(y.dtype), score.to(y.dtype)
 
 
 def _score_matching_and_consistency(net: DensityNet, enc: EncodedSamples, y: torch.Tensor,

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ._checks import ArrayLike, Queries, _to_tensor, as_queries, as_samples, check_int, check_positive
 from .base import Estimator, Oracle, as_oracle, resolve_oracle
-from .discoformer import LANGEVIN_CONVOLUTION_THRESHOLD, DiScoFormerMixture, DiScoFormerOracle
+from .discoformer import LANGEVIN_CONVOLUTION_THRESHOLD, DiScoFormerAverage, DiScoFormerMixture, DiScoFormerOracle
 
 logger = logging.getLogger(__name__)
 
@@ -634,7 +634,8 @@ def _noise_conditional_setup(estimator: Estimator | Oracle | None, data: ArrayLi
 def _langevin_smoothing(oracle: Oracle) -> Oracle:
     """A DiScoFormer fit left at its automatic ``convolution_threshold`` gets the annealed-Langevin
     switch point (see :class:`~disco_score.discoformer.DiScoFormer`); other oracles unchanged."""
-    if isinstance(oracle, (DiScoFormerOracle, DiScoFormerMixture)) and oracle.estimator.convolution_threshold is None:
+    fits = (DiScoFormerOracle, DiScoFormerAverage, DiScoFormerMixture)
+    if isinstance(oracle, fits) and oracle.estimator.convolution_threshold is None:
         return oracle.with_convolution_threshold(LANGEVIN_CONVOLUTION_THRESHOLD)
     return oracle
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
+from disco_score import DiScoFormer, DiScoFormerAverage, DiScoFormerOracle
 from disco_score.discoformer import Specialist, load_specialists
 from disco_score.model import DiScoFormerNet, ModelConfig, SetTransformerNet, build_net, canonical_frame
 from disco_score.targets import random_gmm
@@ -72,7 +72,7 @@ def test_specialist_oracle_is_exactly_affine_equivariant(mixture) -> None:
     assert float(sc.norm()) > 0 and not torch.allclose(sc, -y)  # the head is not the trivial N(0, I)
 
 
-def test_sets_above_the_bag_size_are_fitted_as_a_mixture_of_interleaved_subsets(mixture) -> None:
+def test_sets_above_the_bag_size_are_fitted_as_an_average_of_interleaved_subsets(mixture) -> None:
     x, y = mixture  # n = 400
     general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
     specialist = _random_specialist()
@@ -80,17 +80,20 @@ def test_sets_above_the_bag_size_are_fitted_as_a_mixture_of_interleaved_subsets(
     assert isinstance(bagged.fit(x[:120]), DiScoFormerOracle)  # up to bag_size: one fit
     assert len(bagged.fit(x[:121]).components) == 2
     oracle = bagged.fit(x)
-    assert isinstance(oracle, DiScoFormerMixture)
+    assert isinstance(oracle, DiScoFormerAverage)
     sizes = sorted(int(c.samples.shape[0]) for c in oracle.components)
     assert sizes == [100, 100, 100, 100]  # ceil(400 / 120) = 4 subsets dealt out in turn
     together = torch.cat([c.samples for c in oracle.components])
     assert torch.equal(torch.sort(together, 0).values, torch.sort(x, 0).values)  # disjoint and complete
     for c in oracle.components:  # each subset spans the range of the whole set
         assert float(c.samples.std(0).min() / x.std(0).min()) > 0.8
-    # the mixture is the size-weighted average of the subsets' densities
+    # the fit is the size-weighted average of the subsets' log-densities, and its score the gradient
     lp = oracle.log_density(y)
-    expected = torch.logsumexp(torch.stack([c.log_density(y) for c in oracle.components]) + oracle.log_weights[:, None], 0)
+    shares = torch.exp(oracle.log_weights)
+    expected = (torch.stack([c.log_density(y) for c in oracle.components]) * shares[:, None]).sum(0)
     torch.testing.assert_close(lp, expected)
+    expected_score = (torch.stack([c.score(y) for c in oracle.components]) * shares[:, None, None]).sum(0)
+    torch.testing.assert_close(oracle.score(y), expected_score)
     # still exactly permutation-invariant and affine-equivariant
     a = _orth(D, 4) * torch.tensor([0.5, 2.0, 3.0, 0.1, 7.0], dtype=torch.float64)
     b = torch.arange(D, dtype=torch.float64)
