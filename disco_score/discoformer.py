@@ -294,18 +294,21 @@ class DiScoFormer(Estimator):
             return [samples]
         white_all = whitening if whitening is not None else Whitening.from_samples(samples)
         z_all = white_all.forward(samples.to(torch.float64))
-        parts, done = [torch.arange(n, device=samples.device)], []  # index sets
+        # index sets, each with its whitening (computed once: it also checks the part spans R^d)
+        parts, done = [(torch.arange(n, device=samples.device), white_all)], []
         while parts and len(parts) + len(done) < self.max_components:
-            idx = parts.pop(0)
-            z = z_all if len(idx) == n else Whitening.from_samples(samples[idx]).forward(samples[idx].to(torch.float64))
+            idx, white = parts.pop(0)
+            z = z_all if len(idx) == n else white.forward(samples[idx].to(torch.float64))
             split = find_split(z, min_size, self.split_gate)
-            if split is None or not (_whitenable(samples[idx[split.lower]]) and _whitenable(samples[idx[~split.lower]])):
-                done.append(idx)  # no components, or one would lie in a subspace: fit the part whole
+            sides = [] if split is None else [idx[split.lower], idx[~split.lower]]
+            whitenings = [_whitening_or_none(samples[side]) for side in sides]
+            if split is None or None in whitenings:
+                done.append((idx, white))  # no components, or one would lie in a subspace: fit the part whole
                 continue
             logger.info("component split: %d / %d samples, within-split variance %.3f",
                         int(split.lower.sum()), int((~split.lower).sum()), split.within_fraction)
-            parts += [idx[split.lower], idx[~split.lower]]
-        found = done + parts
+            parts += list(zip(sides, whitenings))
+        found = [idx for idx, _ in done + parts]
         if len(found) == 1:
             return [samples]
         labels = torch.empty(n, dtype=torch.long, device=samples.device)
@@ -313,7 +316,7 @@ class DiScoFormer(Estimator):
             labels[idx] = j
         if self.reassign:
             moved = reassign_to_gaussians(z_all, labels, min_size)
-            if all(_whitenable(samples[moved == j]) for j in range(len(found))):
+            if all(_whitening_or_none(samples[moved == j]) is not None for j in range(len(found))):
                 labels = moved
         return [samples[labels == j] for j in range(len(found))]
 
@@ -334,13 +337,13 @@ class DiScoFormer(Estimator):
                 f"key_block={self.key_block}{dims})")
 
 
-def _whitenable(part: torch.Tensor) -> bool:
-    """Whether a part (n, d) spans all d dimensions, so it can be whitened and fitted on its own."""
+def _whitening_or_none(part: torch.Tensor) -> Whitening | None:
+    """The whitening of a part (n, d), or None if it does not span all d dimensions (so it cannot
+    be fitted on its own)."""
     try:
-        Whitening.from_samples(part)
+        return Whitening.from_samples(part)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 class DiScoFormerOracle(Oracle):
