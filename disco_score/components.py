@@ -21,6 +21,7 @@ means over samples make it permutation-invariant.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,3 +209,103 @@ def reassign_to_gaussians(z: torch.Tensor, labels: torch.Tensor, min_size: int,
             break
         labels = new
     return labels
+
+
+#: the envelope of a found component (:class:`GaussianEnvelopes`): its Gaussian fit's covariance
+#: inflated by this factor squared ...
+ENVELOPE_INFLATION = 1.5
+#: ... and this many nats above the level set on the component's own samples
+ENVELOPE_MARGIN = 3.0
+#: the level is this quantile over the probe samples (robust to a stray clump of another component's points)
+ENVELOPE_QUANTILE = 0.9
+#: probe samples per component, evenly spaced in Mahalanobis-radius rank (the innermost and outermost included)
+ENVELOPE_PROBES = 256
+
+
+@dataclass(frozen=True)
+class GaussianEnvelopes:
+    """Upper envelopes of the log-densities of K fitted components, one Gaussian each:
+    ``b_k(x) = level_k - |x - mean_k|^2 / (2 c^2)`` in the Mahalanobis metric of ``covariances[k]``
+    (c = ``inflation``), so the envelope falls as a Gaussian c times wider than the component's fit.
+
+    Why: a network fitted on one component's samples can put too much density far from them, in
+    another component's region, and take part of the posterior there (d = 10, n = 65536: 2.6 % at
+    one component's queries, and its score error grew 30x; docs/experiments.md, sessions 10 and 11).
+    :meth:`cap` bounds each component's log-density ``a`` by the smooth minimum
+    ``a - softplus(a - b)``; where ``a`` is well below ``b`` (the component's own region) it is
+    unchanged. Every quantity is affine-equivariant, so the mixture stays so.
+
+    Attributes:
+        means: (K, d) float64 component means.
+        covariances: (K, d, d) float64 component covariances (uninflated).
+        levels: (K,) float64 log-density (nats) of each envelope at its mean.
+        inflation: c.
+    """
+
+    means: torch.Tensor
+    covariances: torch.Tensor
+    levels: torch.Tensor
+    inflation: float = ENVELOPE_INFLATION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_chol", torch.linalg.cholesky(self.covariances))
+
+    @classmethod
+    def from_parts(cls, parts: Sequence[torch.Tensor], log_densities: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                   inflation: float = ENVELOPE_INFLATION,
+                   margin: float = ENVELOPE_MARGIN, quantile: float = ENVELOPE_QUANTILE,
+                   probes: int = ENVELOPE_PROBES) -> "GaussianEnvelopes":
+        """Envelopes for components with samples ``parts[k]`` (n_k, d) and fitted log-density
+        ``log_densities[k]`` (a callable (p, d) -> (p,)).
+
+        The level is the larger of the Gaussian fit's peak and the ``quantile`` of
+        ``a(x_i) + r_i^2 / (2 c^2)`` over probe samples ``x_i`` (so the envelope passes above the fit
+        at most of its own samples, whatever the shape: a Student-t component's peak is well above
+        its Gaussian fit's), plus ``margin``.
+        """
+        means, covs, levels = [], [], []
+        for x, log_density in zip(parts, log_densities):
+            x64 = x.to(torch.float64)
+            n, d = x64.shape
+            mean, cov = x64.mean(0), torch.cov(x64.T).reshape(d, d)
+            chol = torch.linalg.cholesky(cov)
+            r2 = _mahalanobis2(x64, mean, chol)
+            peak = float(-torch.log(torch.diagonal(chol)).sum() - 0.5 * d * math.log(2 * math.pi))
+            ranks = torch.linspace(0, n - 1, min(probes, n), dtype=torch.float64).round().long().unique()
+            probe = torch.argsort(r2)[ranks]
+            values = log_density(x[probe]).to(torch.float64) + 0.5 * r2[probe] / inflation ** 2
+            levels.append(max(peak, float(torch.quantile(values, quantile))) + margin)
+            means.append(mean)
+            covs.append(cov)
+        return cls(torch.stack(means), torch.stack(covs), torch.tensor(levels, dtype=torch.float64), inflation)
+
+    def smoothed(self, sigma: float) -> "GaussianEnvelopes":
+        """The envelopes of the components convolved with N(0, sigma^2 I): each Gaussian fit's
+        covariance grows by sigma^2 I and its peak falls accordingly."""
+        d = self.means.shape[1]
+        covs = self.covariances + sigma ** 2 * torch.eye(d, dtype=torch.float64, device=self.means.device)
+        shift = 0.5 * (torch.logdet(self.covariances) - torch.logdet(covs))
+        return GaussianEnvelopes(self.means, covs, self.levels + shift, self.inflation)
+
+    def cap(self, y: torch.Tensor, log_densities: torch.Tensor, scores: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cap components' log-densities (m, K) at queries ``y`` (m, d), and their scores (m, K, d)
+        by the chain rule (None: log-densities only). Float64 in and out."""
+        y = y.to(torch.float64)
+        chol = getattr(self, "_chol")
+        b = torch.stack([self.levels[k] - 0.5 * _mahalanobis2(y, self.means[k], chol[k]) / self.inflation ** 2
+                         for k in range(len(self.levels))], 1)
+        excess = log_densities - b
+        capped = log_densities - torch.nn.functional.softplus(excess)
+        if scores is None:
+            return capped, None
+        grad_b = torch.stack([-torch.cholesky_solve((y - self.means[k]).T, chol[k]).T / self.inflation ** 2
+                              for k in range(len(self.levels))], 1)
+        w = torch.sigmoid(excess)[..., None]
+        return capped, (1 - w) * scores + w * grad_b
+
+
+def _mahalanobis2(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """(m, d) -> (m,) squared Mahalanobis distances to ``mean`` under the covariance ``chol chol^T``."""
+    u = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
+    return (u * u).sum(0)

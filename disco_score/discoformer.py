@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Estimator, Oracle
-from .components import SPLIT_GATE, find_split, interleaved_subsets, reassign_to_gaussians
+from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
 from .kde import KDEOracle
 from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
@@ -241,7 +241,9 @@ class DiScoFormer(Estimator):
         offsets = torch.tensor([sum(float(c.samples.shape[0]) * self._unimodal_level_offset(*c.samples.shape)
                                     for c in getattr(fit, "components", [fit])) / float(fit.samples.shape[0])
                                 for fit in fits], dtype=torch.float64, device=x.device)
-        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets)
+        envelopes = GaussianEnvelopes.from_parts(
+            components, [lambda q, fit=fit: fit._log_density_and_score(q, want_score=False)[0] for fit in fits])
+        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets, envelopes)
 
     def _fit_component(self, part: torch.Tensor, whitening: Whitening | None = None
                        ) -> "DiScoFormerOracle | DiScoFormerAverage":
@@ -557,27 +559,48 @@ class DiScoFormerMixture(_FitParts):
     Immutable; ``adapt`` returns a new one.
 
     ``p(x) = sum_k w_k p_k(x)`` with ``p_k`` the fit of component k's samples (a
-    :class:`DiScoFormerOracle`, or a :class:`DiScoFormerAverage` of subsets) and ``w_k`` its share of
-    the samples, lowered by the network's level error on one Gaussian of that size; the score is
-    the posterior-weighted mean of the components' scores (the exact gradient of ``log p`` given
-    theirs), and ``smoothed(sigma)`` is the mixture of the smoothed components (convolution is linear).
+    :class:`DiScoFormerOracle`, or a :class:`DiScoFormerAverage` of subsets), capped far from them
+    by a Gaussian envelope (``envelopes``, see :class:`~disco_score.components.GaussianEnvelopes`),
+    and ``w_k`` its share of the samples, lowered by the network's level error on one Gaussian of
+    that size. The score is the posterior-weighted mean of the capped components' scores (the
+    exact gradient of ``log p`` given theirs); ``smoothed(sigma)`` is the mixture of the smoothed
+    components (convolution is linear) under the smoothed envelopes.
 
     Attributes:
         samples: (n, d) all fitted samples (torch, the caller's dtype).
         components: the per-component oracles.
         log_weights: (K,) float64 log mixture weights.
+        envelopes: the components' envelopes, or None (an exact mixture of the components).
     """
+
+    def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],
+                 log_weights: torch.Tensor, envelopes: GaussianEnvelopes | None = None) -> None:
+        if envelopes is not None and envelopes.levels.shape != (len(components),):
+            raise ValueError(f"envelopes: one per component expected ({len(components)}), "
+                             f"got {tuple(envelopes.levels.shape)}")
+        object.__setattr__(self, "envelopes", envelopes)
+        super().__init__(estimator, samples, components, log_weights)
+
+    def _with_components(self, components: Sequence[Oracle]) -> Any:
+        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights, self.envelopes)
+
+    def _smoothed(self, sigma: float) -> Oracle:
+        envelopes = None if self.envelopes is None else self.envelopes.smoothed(sigma)
+        return DiScoFormerMixture(self.estimator, self.samples, [c.smoothed(sigma) for c in self.components],
+                                  self.log_weights, envelopes)
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         parts = [c._log_density_and_score(y, want_score) for c in self.components]
-        joint = torch.stack([lp.to(torch.float64) for lp, _ in parts], 1) + self.log_weights  # (m, K)
+        log_ps = torch.stack([lp.to(torch.float64) for lp, _ in parts], 1)  # (m, K)
+        scores = torch.stack([sc.to(torch.float64) for _, sc in parts], 1) if want_score else None  # (m, K, d)
+        if self.envelopes is not None:
+            log_ps, scores = self.envelopes.cap(y, log_ps, scores)
+        joint = log_ps + self.log_weights
         log_p = torch.logsumexp(joint, 1)
-        if not want_score:
+        if scores is None:
             return log_p.to(y.dtype), None
-        posterior = torch.softmax(joint, 1)
-        score = sum(posterior[:, k, None] * sc.to(torch.float64) for k, (_, sc) in enumerate(parts))
-        assert isinstance(score, torch.Tensor)
+        score = (torch.softmax(joint, 1)[..., None] * scores).sum(1)
         return log_p.to(y.dtype), score.to(y.dtype)
 
 
