@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
-from disco_score.components import find_split, most_separated_split, null_within_fraction, reassign_to_gaussians
+from disco_score.components import (ENVELOPE_MARGIN, GaussianEnvelopes, find_split, most_separated_split,
+                                    null_within_fraction, reassign_to_gaussians)
 from disco_score.targets import Banana, Funnel, GaussianMixture, ProductStudentT
 from disco_score.whitening import Whitening
 
@@ -127,6 +128,69 @@ def test_mixture_combines_components_exactly() -> None:
     yg = y[:20].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(mixture._log_density_and_score(yg, want_score=False)[0].sum(), yg)
     torch.testing.assert_close(mixture.score(y[:20]), g)
+
+
+def _affine_gaussian(d: int, seed: int) -> GaussianMixture:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    mean = 10 * torch.randn(1, d, generator=gen, dtype=torch.float64)
+    return GaussianMixture(torch.ones(1, dtype=torch.float64), mean, (a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64))[None])
+
+
+def test_envelope_leaves_a_gaussian_component_alone() -> None:
+    # the envelope is an inflated Gaussian ENVELOPE_MARGIN nats above the fit's level: on a
+    # Gaussian component it must not bind anywhere, near or far (the cap costs softplus(-margin))
+    d = 5
+    target = _affine_gaussian(d, 0)
+    x = target.sample(3000, torch.Generator().manual_seed(1)).double()
+    env = GaussianEnvelopes.from_parts([x], [target.log_prob_t])
+    far = target.means[0] + 30 * torch.randn(200, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.cat([target.sample(500, torch.Generator().manual_seed(3)).double(), far])
+    a = target.log_prob_t(y)[:, None]
+    capped, score = env.cap(y, a, target.score_t(y)[:, None])
+    bound = float(torch.nn.functional.softplus(torch.tensor(-ENVELOPE_MARGIN)))
+    assert float((a - capped).max()) <= bound * 1.01 and float((a - capped).min()) >= 0
+    torch.testing.assert_close(score[:, 0], target.score_t(y), rtol=0.06, atol=0.06 * float(target.score_t(y).abs().max()))
+
+
+def test_envelope_keeps_a_heavy_tailed_component_and_caps_its_far_tail() -> None:
+    # a Student-t's peak is far above its Gaussian fit's: the level is set on its own samples, so at
+    # most of them the fit is unchanged; far outside them the tail is cut to the envelope
+    d = 5
+    target = ProductStudentT(d, df=2.5)
+    x = target.sample(4000, torch.Generator().manual_seed(4)).double()
+    env = GaussianEnvelopes.from_parts([x], [target.log_prob_t])
+    a = target.log_prob_t(x)[:, None]
+    capped, _ = env.cap(x, a, None)
+    assert float(((a - capped) < 0.05).double().mean()) > 0.85
+    far = torch.full((1, d), 200.0, dtype=torch.float64)
+    capped_far, _ = env.cap(far, target.log_prob_t(far)[:, None], None)
+    assert float(capped_far) < float(target.log_prob_t(far)) - 20
+
+
+def test_envelope_score_is_the_gradient_and_smoothing_widens_it() -> None:
+    d = 4
+    comps = [_affine_gaussian(d, 5), _affine_gaussian(d, 6)]
+    # envelopes from samples of narrower Gaussians, so that the cap binds at the queries
+    narrow = [torch.randn(400, d, generator=torch.Generator().manual_seed(7 + k), dtype=torch.float64) * 0.3
+              + c.means[0] for k, c in enumerate(comps)]
+    env = GaussianEnvelopes.from_parts(narrow, [c.log_prob_t for c in comps])
+    mixture = DiScoFormerMixture(DiScoFormer.pretrained(), torch.cat(narrow), comps,
+                                 torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64)), env)
+    y = torch.cat([c.sample(30, torch.Generator().manual_seed(9)).double() for c in comps])
+    exact = torch.logsumexp(torch.stack([c.log_prob_t(y) for c in comps], 1) + mixture.log_weights, 1)
+    assert float((exact - mixture.log_density(y)).mean()) > 0.5  # the cap binds
+    yg = y.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mixture._log_density_and_score(yg, want_score=False)[0].sum(), yg)
+    torch.testing.assert_close(mixture.score(y), g)
+    wide = env.smoothed(2.0)
+    eye = torch.eye(d, dtype=torch.float64)
+    torch.testing.assert_close(wide.covariances, env.covariances + 4.0 * eye)
+    torch.testing.assert_close(wide.levels - env.levels,
+                               0.5 * (torch.logdet(env.covariances) - torch.logdet(env.covariances + 4.0 * eye)))
+    with pytest.raises(ValueError, match="envelopes"):
+        DiScoFormerMixture(DiScoFormer.pretrained(), torch.cat(narrow), comps[:1],
+                           torch.zeros(1, dtype=torch.float64), env)
 
 
 def test_mixture_is_permutation_invariant_and_affine_equivariant(model: DiScoFormer, data) -> None:
