@@ -170,6 +170,9 @@ class DiScoFormer(Estimator):
         reassign: after the cuts, move samples to the part whose Gaussian fit explains them best
             (:func:`disco_score.components.reassign_to_gaussians`), so a component a cut went
             through is made whole again.
+        envelopes: cap each found component's log-density far from its samples by an inflated
+            Gaussian fit (:class:`disco_score.components.GaussianEnvelopes`), so that no part's
+            tail takes the posterior in another component's region.
 
     Example:
         >>> import numpy as np
@@ -185,7 +188,7 @@ class DiScoFormer(Estimator):
                  specialists: Sequence[Specialist] | None = None, split_components: bool = True,
                  split_min_dim: int = SPLIT_MIN_DIM, split_gate: float = SPLIT_GATE,
                  max_components: int = 8, min_component_size: int = MIN_COMPONENT_SIZE,
-                 reassign: bool = True) -> None:
+                 reassign: bool = True, envelopes: bool = True) -> None:
         if specialists is None:
             specialists = load_specialists() if net is None else ()
         self.net = net if net is not None else load_weights()[0]
@@ -205,6 +208,7 @@ class DiScoFormer(Estimator):
             raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {split_gate}")
         self.max_components = check_int(max_components, "max_components")
         self.reassign = bool(reassign)
+        self.envelopes = bool(envelopes)
         self.min_component_size = check_int(min_component_size, "min_component_size", minimum=2)
         self._level_offsets: dict[tuple[int, int, int], float] = {}  # (n, d, net) -> nats
 
@@ -241,7 +245,7 @@ class DiScoFormer(Estimator):
         offsets = torch.tensor([sum(float(c.samples.shape[0]) * self._unimodal_level_offset(*c.samples.shape)
                                     for c in getattr(fit, "components", [fit])) / float(fit.samples.shape[0])
                                 for fit in fits], dtype=torch.float64, device=x.device)
-        envelopes = GaussianEnvelopes.from_parts(
+        envelopes = None if not self.envelopes else GaussianEnvelopes.from_parts(
             components, [lambda q, fit=fit: fit._log_density_and_score(q, want_score=False)[0] for fit in fits])
         return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets, envelopes)
 

@@ -228,6 +228,11 @@ def test_mixture_adapt_and_convolution_threshold(model: DiScoFormer, data) -> No
         oracle.smoothed(5.0).adapt()
     with pytest.raises(AttributeError, match="immutable"):
         oracle.log_weights = oracle.log_weights
+    # the envelopes travel with the parts, and can be switched off
+    assert adapted.envelopes is oracle.envelopes and oracle.envelopes.levels.shape == (2,)
+    plain = DiScoFormer.pretrained(envelopes=False).fit(x)
+    assert plain.envelopes is None
+    torch.testing.assert_close(plain.log_weights, oracle.log_weights)
 
 
 def test_split_arguments_are_validated() -> None:
