@@ -105,10 +105,10 @@ class Specialist:
 
     ``bag_size`` (None: off): the largest n the network was trained at. ``fit`` cuts a larger set
     into ``ceil(n / bag_size)`` interleaved subsets, none above the trained n
-    (:func:`~disco_score.components.interleaved_subsets`), fits each, and mixes the fits with weights
-    by size: beyond its trained n the network gets worse with more samples, while the mixture of
-    fits at the trained n keeps improving (docs/experiments.md, session 9), at a fraction of the
-    O(n^2) cost.
+    (:func:`~disco_score.components.interleaved_subsets`), fits each, and averages the fits'
+    log-densities with weights by size (:class:`DiScoFormerAverage`): beyond its trained n the
+    network gets worse with more samples, while the average of fits at the trained n keeps
+    improving (docs/experiments.md, sessions 9 and 10), at a fraction of the O(n^2) cost.
     """
 
     net: SetTransformerNet
