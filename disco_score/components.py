@@ -53,6 +53,8 @@ DESCENT_ITERS = 1000
 DESCENT_STEP = 0.3
 #: searches stop once no direction moves more than this (an invariant criterion)
 TOLERANCE = 1e-7
+#: the search's best directions refined by :func:`_refine_split`, and its rounds at most
+REFINE_CANDIDATES, REFINE_ITERS = 4, 20
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,32 @@ def most_separated_split(z: torch.Tensor, min_size: int) -> Split | None:
     starts = axes if 2 * k >= d else torch.cat([axes[:k], axes[d - k:]])
     candidates = torch.cat([_fixed_point(starts, z, FIXED_POINT_ITERS), _descent(starts, z, DESCENT_ITERS, DESCENT_STEP)])
     within, threshold = best_splits(candidates, z, min_size)
-    j = int(within.argmin())
-    direction = candidates[j]
-    return Split(direction, float(threshold[j]), float(within[j]), z @ direction < threshold[j])
+    best = torch.argsort(within)[:REFINE_CANDIDATES]
+    refined = [_refine_split(z, candidates[j], float(threshold[j]), min_size) for j in best.tolist()]
+    return min(refined, key=lambda split: split.within_fraction)
+
+
+def _refine_split(z: torch.Tensor, direction: torch.Tensor, threshold: float, min_size: int) -> Split:
+    """Lloyd rounds on a split of whitened samples ``z``: the direction becomes the difference of the
+    two sides' means (Fisher's discriminant, since the total covariance is I), then the best cut
+    along it, until the sides stop changing.
+
+    Why: the kurtosis searches can stop at a direction that only correlates with the components: at
+    d = 20, n = 16384, a 0.15 / 0.85 pair was split 97 % right along a direction leaving 0.32 of the
+    variance within the sides, above the gate; one refinement gives 0.030 and 100 %. On
+    structureless sets it lowers the within fraction by 3-8 % only (docs/experiments.md, session 11).
+    """
+    lower = z @ direction < threshold
+    split = Split(direction, threshold, float(best_splits(direction[None], z, min_size)[0][0]), lower)
+    for _ in range(REFINE_ITERS):
+        w = z[~lower].mean(0) - z[lower].mean(0)
+        w = w / w.norm()
+        within, cut = best_splits(w[None], z, min_size)
+        if not float(within[0]) < split.within_fraction:
+            break
+        lower = z @ w < cut[0]
+        split = Split(w, float(cut[0]), float(within[0]), lower)
+    return split
 
 
 def find_split(z: torch.Tensor, min_size: int, gate: float = SPLIT_GATE) -> Split | None:
