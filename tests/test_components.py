@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
-from disco_score.components import (ENVELOPE_MARGIN, GaussianEnvelopes, find_split, most_separated_split,
-                                    null_within_fraction, reassign_to_gaussians)
+from disco_score.components import (ENVELOPE_MARGIN, GaussianEnvelopes, _refine_split, best_splits, find_split,
+                                    most_separated_split, null_within_fraction, reassign_to_gaussians)
 from disco_score.targets import Banana, Funnel, GaussianMixture, ProductStudentT
 from disco_score.whitening import Whitening
 
@@ -51,6 +51,34 @@ def test_find_split_recovers_the_components(data) -> None:
     assert split is not None
     agreement = float((split.lower == labels).double().mean())
     assert max(agreement, 1 - agreement) > 0.99
+
+
+def test_refinement_turns_a_correlated_direction_into_the_components() -> None:
+    # an unbalanced pair, cut along a direction aligned with the one between the means at cos 0.8 only
+    # (where the kurtosis searches can stop): Lloyd rounds must recover the components, and the
+    # refined direction must rotate with the data
+    gen = torch.Generator().manual_seed(21)
+    d, n = 20, 4000
+    labels = torch.rand(n, generator=gen) < 0.15
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x[labels, 0] += 7.0
+    z = Whitening.from_samples(x).forward(x)
+    between = z[labels].mean(0) - z[~labels].mean(0)
+    between = between / between.norm()
+    other = torch.randn(d, generator=gen, dtype=torch.float64)
+    other = other - (other @ between) * between
+    start = between + 0.75 * other / other.norm()  # cos = 0.8
+    start = start / start.norm()
+    _, cut = best_splits(start[None], z, 2 * (d + 1))
+    before = float(best_splits(start[None], z, 2 * (d + 1))[0][0])
+    split = _refine_split(z, start, float(cut[0]), 2 * (d + 1))
+    agreement = float((split.lower == ~labels).double().mean())
+    # (0.138 is the true labels' within fraction here)
+    assert before > 0.3 and max(agreement, 1 - agreement) > 0.99 and split.within_fraction < 0.15
+    q = _orth(d, 22)
+    turned = _refine_split(z @ q, start @ q, float(cut[0]), 2 * (d + 1))
+    torch.testing.assert_close(turned.direction, split.direction @ q)
+    assert torch.equal(turned.lower, split.lower)
 
 
 @pytest.mark.parametrize("d", [10, D])
