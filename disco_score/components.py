@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -144,12 +144,13 @@ def most_separated_split(z: torch.Tensor, min_size: int) -> Split | None:
     starts = axes if 2 * k >= d else torch.cat([axes[:k], axes[d - k:]])
     candidates = torch.cat([_fixed_point(starts, z, FIXED_POINT_ITERS), _descent(starts, z, DESCENT_ITERS, DESCENT_STEP)])
     within, threshold = best_splits(candidates, z, min_size)
-    best = torch.argsort(within)[:REFINE_CANDIDATES]
-    refined = [_refine_split(z, candidates[j], float(threshold[j]), min_size) for j in best.tolist()]
+    best = torch.argsort(within)[:REFINE_CANDIDATES].tolist()
+    refined = [_refine_split(z, Split(candidates[j], float(threshold[j]), float(within[j]),
+                                      z @ candidates[j] < threshold[j]), min_size) for j in best]
     return min(refined, key=lambda split: split.within_fraction)
 
 
-def _refine_split(z: torch.Tensor, direction: torch.Tensor, threshold: float, min_size: int) -> Split:
+def _refine_split(z: torch.Tensor, split: Split, min_size: int) -> Split:
     """Lloyd rounds on a split of whitened samples ``z``: the direction becomes the difference of the
     two sides' means (Fisher's discriminant, since the total covariance is I), then the best cut
     along it, until the sides stop changing.
@@ -159,8 +160,7 @@ def _refine_split(z: torch.Tensor, direction: torch.Tensor, threshold: float, mi
     variance within the sides, above the gate; one refinement gives 0.030 and 100 %. On
     structureless sets it lowers the within fraction by 3-8 % only (docs/experiments.md, session 11).
     """
-    lower = z @ direction < threshold
-    split = Split(direction, threshold, float(best_splits(direction[None], z, min_size)[0][0]), lower)
+    lower = split.lower
     for _ in range(REFINE_ITERS):
         w = z[~lower].mean(0) - z[lower].mean(0)
         w = w / w.norm()
@@ -199,6 +199,12 @@ def interleaved_subsets(z: torch.Tensor, k: int) -> list[torch.Tensor]:
     return [order[j::k] for j in range(k)]
 
 
+def _mahalanobis2(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """(m, d) -> (m,) squared Mahalanobis distances to ``mean`` under the covariance ``chol chol^T``."""
+    u = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
+    return (u * u).sum(0)
+
+
 #: rounds of reassignment after the cuts (:func:`reassign_to_gaussians`); it settles in 2-3
 REASSIGN_ITERS = 5
 
@@ -226,8 +232,7 @@ def reassign_to_gaussians(z: torch.Tensor, labels: torch.Tensor, min_size: int,
             mean = part.mean(0)
             cov = torch.cov(part.T).reshape(d, d) + 1e-9 * eye  # ridge: whitened units, so equivariant
             chol = torch.linalg.cholesky(cov)
-            u = torch.linalg.solve_triangular(chol, (z - mean).T, upper=False)
-            scores.append(math.log(part.shape[0]) - torch.log(torch.diagonal(chol)).sum() - 0.5 * (u * u).sum(0))
+            scores.append(math.log(part.shape[0]) - torch.log(torch.diagonal(chol)).sum() - 0.5 * _mahalanobis2(z, mean, chol))
         new = torch.stack(scores).argmax(0)
         counts = torch.bincount(new, minlength=k)
         if bool((counts < min_size).any()) or bool((new == labels).all()):
@@ -271,9 +276,10 @@ class GaussianEnvelopes:
     covariances: torch.Tensor
     levels: torch.Tensor
     inflation: float = ENVELOPE_INFLATION
+    chol: torch.Tensor = field(init=False, repr=False)  # (K, d, d) Cholesky factors of ``covariances``
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_chol", torch.linalg.cholesky(self.covariances))
+        object.__setattr__(self, "chol", torch.linalg.cholesky(self.covariances))
 
     @classmethod
     def from_parts(cls, parts: Sequence[torch.Tensor], log_densities: Sequence[Callable[[torch.Tensor], torch.Tensor]],
@@ -317,7 +323,7 @@ class GaussianEnvelopes:
         """Cap components' log-densities (m, K) at queries ``y`` (m, d), and their scores (m, K, d)
         by the chain rule (None: log-densities only). Float64 in and out."""
         y = y.to(torch.float64)
-        chol = getattr(self, "_chol")
+        chol = self.chol
         b = torch.stack([self.levels[k] - 0.5 * _mahalanobis2(y, self.means[k], chol[k]) / self.inflation ** 2
                          for k in range(len(self.levels))], 1)
         excess = log_densities - b
@@ -328,9 +334,3 @@ class GaussianEnvelopes:
                               for k in range(len(self.levels))], 1)
         w = torch.sigmoid(excess)[..., None]
         return capped, (1 - w) * scores + w * grad_b
-
-
-def _mahalanobis2(x: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
-    """(m, d) -> (m,) squared Mahalanobis distances to ``mean`` under the covariance ``chol chol^T``."""
-    u = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
-    return (u * u).sum(0)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer, DiScoFormerMixture, DiScoFormerOracle
-from disco_score.components import (ENVELOPE_MARGIN, GaussianEnvelopes, _refine_split, best_splits, find_split,
-                                    most_separated_split, null_within_fraction, reassign_to_gaussians)
+from disco_score.components import (ENVELOPE_MARGIN, GaussianEnvelopes, Split, _refine_split, best_splits,
+                                    find_split, most_separated_split, null_within_fraction,
+                                    reassign_to_gaussians)
 from disco_score.targets import Banana, Funnel, GaussianMixture, ProductStudentT
 from disco_score.whitening import Whitening
 
@@ -69,14 +70,14 @@ def test_refinement_turns_a_correlated_direction_into_the_components() -> None:
     other = other - (other @ between) * between
     start = between + 0.75 * other / other.norm()  # cos = 0.8
     start = start / start.norm()
-    _, cut = best_splits(start[None], z, 2 * (d + 1))
-    before = float(best_splits(start[None], z, 2 * (d + 1))[0][0])
-    split = _refine_split(z, start, float(cut[0]), 2 * (d + 1))
+    within, cut = best_splits(start[None], z, 2 * (d + 1))
+    before = float(within[0])
+    split = _refine_split(z, Split(start, float(cut[0]), before, z @ start < cut[0]), 2 * (d + 1))
     agreement = float((split.lower == ~labels).double().mean())
     # (0.138 is the true labels' within fraction here)
     assert before > 0.3 and max(agreement, 1 - agreement) > 0.99 and split.within_fraction < 0.15
     q = _orth(d, 22)
-    turned = _refine_split(z @ q, start @ q, float(cut[0]), 2 * (d + 1))
+    turned = _refine_split(z @ q, Split(start @ q, float(cut[0]), before, (z @ q) @ (start @ q) < cut[0]), 2 * (d + 1))
     torch.testing.assert_close(turned.direction, split.direction @ q)
     assert torch.equal(turned.lower, split.lower)
 
