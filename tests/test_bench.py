@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from disco_score import KDE, bench
+from disco_score import KDE
+from disco_score.bench import harness as bench
 from disco_score.targets import GaussianMixture
 
 KDE_ROWS = ["kde-scott", "kde-oracle"]

@@ -54,14 +54,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import metrics
-from .base import Estimator, Oracle
-from .kde import KDE, SDKDE, oracle_tuned_kde
-from .targets import GaussianMixture, ProductLaplace, ProductStudentT, Target, random_gmm
+from .. import metrics
+from ..base import Estimator, Oracle
+from ..kde import KDE, SDKDE, oracle_tuned_kde
+from ..targets import GaussianMixture, ProductLaplace, ProductStudentT, Target, random_gmm
 
 logger = logging.getLogger(__name__)
 
-SUITES = ("accuracy", "scaling", "speed", "downstream", "sampling", "ppl")
+#: suite names in report order; :func:`register_suite` appends further suites (the wild suite)
+SUITES: list[str] = ["accuracy", "scaling", "speed", "downstream", "sampling", "ppl"]
 #: fresh query points per target (protocol: m = 1024)
 N_QUERIES = 1024
 METRICS = ("relative_score_mse", "score_mse", "log_density_mse")
@@ -229,7 +230,7 @@ class Context:
         every call raises RuntimeError with its text (no retry)."""
         if self._discoformer is None and self._discoformer_error is None:
             try:
-                from .discoformer import DiScoFormer
+                from ..discoformer import DiScoFormer
 
                 self._discoformer = DiScoFormer.pretrained()
             except Exception as exc:  # missing module or weights: every dependent row records this
@@ -706,7 +707,7 @@ def _speed_child_main(config_json: str) -> None:
 
 def run_speed_config(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter; time-outs and kills are recorded."""
-    code = "import sys; from disco_score.bench import _speed_child_main; _speed_child_main(sys.argv[1])"
+    code = "import sys; from disco_score.bench.harness import _speed_child_main; _speed_child_main(sys.argv[1])"
     try:
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True,
                               text=True, timeout=timeout)
@@ -834,7 +835,7 @@ def _run_information(keys: Sequence[str], ctx: Context, opts: Options) -> dict[s
     # quick: fewer Monte-Carlo samples for the exact values (the module's default is 200 000)
     extra = {"n_truth": 20_000} if opts.quick else {}
     try:
-        from . import information as info_module
+        from .. import information as info_module
 
         rows = info_module.compare_estimators(estimators, dims=dims, n=n, seed=opts.seed, **extra)
     except Exception as exc:
@@ -861,7 +862,7 @@ def _sampling_source(key: str, problem: Problem, ctx: Context) -> Estimator | Or
     if key == "exact":
         return problem.target
     if key == "discoformer":
-        from .discoformer import DiScoFormer
+        from ..discoformer import DiScoFormer
 
         # scores only: skip the d <= 2 grid normalisation that each noise level would repeat
         base = ctx.discoformer()
@@ -884,7 +885,7 @@ SAMPLING_SETTINGS = {False: {"annealed": {}, "ddim_steps": 50},
 
 def _generate(method: str, source: Estimator | Oracle, data: torch.Tensor, n_gen: int, quick: bool,
               generator: torch.Generator) -> np.ndarray:
-    from . import samplers
+    from .. import samplers
 
     if method == SAMPLING_METHODS[0]:
         points, _ = samplers.annealed_langevin(source, data, n_samples=n_gen, generator=generator, progress=False,
@@ -902,7 +903,7 @@ def _generate(method: str, source: Estimator | Oracle, data: torch.Tensor, n_gen
 
 def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
     """Generate with each (score source, sampler); energy distance to fresh draws, memorization."""
-    from . import samplers
+    from .. import samplers
 
     sources = opts.rows("sampling")
     cells = [dataclasses.replace(c, n_targets=opts.targets or c.n_targets)
@@ -1629,6 +1630,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def register_suite(name: str, runner: Callable[[Options, Context], dict[str, Any]],
+                   renderer: Callable[[dict[str, Any]], list[str]], title: str,
+                   plotter: Callable[[dict[str, Any], Path, Any], list[Path]] | None = None,
+                   rows: dict[str, str] | None = None) -> None:
+    """Add a suite defined in another module of the benchmark package (run, report, plot, rows)."""
+    if name not in SUITES:
+        SUITES.append(name)
+    RUNNERS[name] = runner
+    RENDERERS[name] = renderer
+    TITLES[name] = title
+    if plotter is not None:
+        PLOTTERS[name] = plotter
+    if rows is not None:
+        SUITE_ROWS[name] = rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m disco_score.bench`` (also ``disco-score bench``); see :func:`main`."""
     known = sorted(set(ESTIMATORS).union(*SUITE_ROWS.values()))
@@ -1757,5 +1774,3 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

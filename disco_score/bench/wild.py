@@ -1,0 +1,1 @@
+"""The wild suite (placeholder while it is written)."""
