@@ -23,6 +23,47 @@ def _fork_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
 
+def _check_finite_tensor(value: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` if ``value`` holds a NaN or an infinity."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite; got {int((~torch.isfinite(value)).sum())} NaN or inf value(s)")
+
+
+def _check_weights(weights: torch.Tensor, name: str = "weights") -> None:
+    """Mixture weights over the last axis: finite, non-negative and summing to 1.
+
+    The tolerance on the sum is 1e-6 in float64 (a little looser in float32, ``8 K eps``, so float32
+    weights normalised in float32 pass); the weights are refused rather than silently normalised,
+    because an unnormalised mixture would make every log-density off by a constant.
+    """
+    _check_finite_tensor(weights, name)
+    if not bool((weights >= 0).all()):
+        raise ValueError(f"{name} must be non-negative")
+    k = weights.shape[-1]
+    tol = max(1e-6, 8 * k * torch.finfo(weights.dtype).eps)
+    err = float((weights.sum(-1) - 1).abs().max()) if weights.numel() else 0.0
+    if err > tol:
+        raise ValueError(f"{name} must sum to 1 over the components (|sum - 1| <= {tol:.1e}); off by {err:.3g}")
+
+
+def _check_spd(matrices: torch.Tensor, name: str) -> torch.Tensor:
+    """The lower Cholesky factors of ``matrices`` (..., d, d), refusing non-finite, non-symmetric
+    or non-positive-definite ones with a ValueError naming ``name``.
+
+    Symmetry is checked to ``sqrt(eps)`` relative to each matrix's largest entry: Cholesky reads only
+    the lower triangle, so an asymmetric input would otherwise be used silently as a different matrix.
+    """
+    _check_finite_tensor(matrices, name)
+    scale = matrices.abs().amax(dim=(-2, -1), keepdim=True)
+    asym = (matrices - matrices.transpose(-1, -2)).abs().amax(dim=(-2, -1), keepdim=True)
+    if bool((asym > math.sqrt(torch.finfo(matrices.dtype).eps) * scale).any()):
+        raise ValueError(f"{name} must be symmetric (largest |A - A^T| is {float(asym.max()):.3g})")
+    chol, info = torch.linalg.cholesky_ex(matrices)
+    if bool((info != 0).any()):
+        raise ValueError(f"{name} must be symmetric positive definite (Cholesky failed)")
+    return chol
+
+
 class Target(Oracle):
     """An exact distribution: batched ``log_prob_t``/``score_t``/``sample`` plus the Oracle API."""
 
@@ -55,9 +96,14 @@ class GaussianMixture(Target):
     """Mixture of full-covariance Gaussians; components with weight 0 are padding.
 
     Args:
-        weights: (*B, K) non-negative, summing to 1 over K.
-        means: (*B, K, d).
+        weights: (*B, K) non-negative, summing to 1 over K (to 1e-6; not renormalised).
+        means: (*B, K, d), finite.
         covariances: (*B, K, d, d) symmetric positive definite.
+
+    Raises:
+        ValueError: naming the argument, for inconsistent shapes, weights that are negative,
+            non-finite or do not sum to 1, non-finite means, and covariances that are non-finite,
+            non-symmetric or not positive definite.
     """
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> None:
@@ -74,11 +120,9 @@ class GaussianMixture(Target):
         self.dim = int(means.shape[-1])
         self.compute_dtype = dtype
         self.device = means.device
-        if not bool((self.weights >= 0).all()) or not bool(torch.isfinite(self.weights).all()):
-            raise ValueError("weights must be finite and non-negative")
-        self._chol, info = torch.linalg.cholesky_ex(self.covariances)
-        if bool((info != 0).any()):
-            raise ValueError("covariances must be symmetric positive definite (Cholesky failed)")
+        _check_weights(self.weights, "weights")
+        _check_finite_tensor(self.means, "means")
+        self._chol = _check_spd(self.covariances, "covariances")
         self._log_weights = torch.log(self.weights)  # -inf for padding
         self._log_norm = (torch.log(torch.diagonal(self._chol, dim1=-2, dim2=-1)).sum(-1)
                           + 0.5 * self.dim * math.log(2 * math.pi))

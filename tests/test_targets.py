@@ -337,6 +337,33 @@ def test_gmm_rejects_bad_parameters():
         GaussianMixture(torch.tensor([0.5, 0.5], dtype=F64), torch.zeros(2, 2, dtype=F64), -eye)
 
 
+def test_gmm_validation_names_the_argument():
+    eye = torch.eye(2, dtype=F64).expand(2, 2, 2).clone()
+    means, w = torch.zeros(2, 2, dtype=F64), torch.tensor([0.5, 0.5], dtype=F64)
+    with pytest.raises(ValueError, match="weights must sum to 1"):
+        GaussianMixture(torch.tensor([0.5, 0.6], dtype=F64), means, eye)
+    with pytest.raises(ValueError, match="weights must be finite"):
+        GaussianMixture(torch.tensor([float("nan"), 0.5], dtype=F64), means, eye)
+    with pytest.raises(ValueError, match="means must be finite"):
+        GaussianMixture(w, torch.tensor([[0.0, float("inf")], [0.0, 0.0]], dtype=F64), eye)
+    skew = eye.clone()
+    skew[0, 0, 1] = 0.5  # lower triangle still the identity: Cholesky alone would accept it
+    with pytest.raises(ValueError, match="covariances must be symmetric"):
+        GaussianMixture(w, means, skew)
+    singular = eye.clone()
+    singular[1] = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    with pytest.raises(ValueError, match="covariances must be symmetric positive definite"):
+        GaussianMixture(w, means, singular)
+    nan_cov = eye.clone()
+    nan_cov[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="covariances must be finite"):
+        GaussianMixture(w, means, nan_cov)
+    # within tolerance: weights off by 1e-9 and float32 weights normalised in float32 are accepted
+    GaussianMixture(w + 5e-10, means, eye)
+    w32 = torch.rand(32, generator=torch.Generator().manual_seed(0))
+    GaussianMixture(w32 / w32.sum(), torch.zeros(32, 2), torch.eye(2).expand(32, 2, 2))
+
+
 def test_target_constructors_validate():
     with pytest.raises(ValueError, match="scale"):
         ProductLaplace(2, scale=0.0)
