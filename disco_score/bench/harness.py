@@ -1633,7 +1633,7 @@ def _jsonable(value: Any) -> Any:
 def register_suite(name: str, runner: Callable[[Options, Context], dict[str, Any]],
                    renderer: Callable[[dict[str, Any]], list[str]], title: str,
                    plotter: Callable[[dict[str, Any], Path, Any], list[Path]] | None = None,
-                   rows: dict[str, str] | None = None) -> None:
+                   rows: dict[str, str] | None = None, defaults: list[str] | None = None) -> None:
     """Add a suite defined in another module of the benchmark package (run, report, plot, rows)."""
     if name not in SUITES:
         SUITES.append(name)
@@ -1644,6 +1644,8 @@ def register_suite(name: str, runner: Callable[[Options, Context], dict[str, Any
         PLOTTERS[name] = plotter
     if rows is not None:
         SUITE_ROWS[name] = rows
+    if defaults is not None:
+        DEFAULT_ESTIMATORS[name] = defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
