@@ -12,9 +12,10 @@ import logging
 from .base import Estimator, Oracle, as_oracle
 from .discoformer import DiScoFormer, DiScoFormerAverage, DiScoFormerMixture, DiScoFormerOracle
 from .kde import KDE, SDKDE, KDEOracle
+from .samplers import ChainDiverged
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["DiScoFormer", "DiScoFormerOracle", "DiScoFormerAverage", "DiScoFormerMixture", "KDE", "SDKDE", "KDEOracle", "Estimator", "Oracle", "as_oracle", "__version__"]
+__all__ = ["DiScoFormer", "DiScoFormerOracle", "DiScoFormerAverage", "DiScoFormerMixture", "KDE", "SDKDE", "KDEOracle", "Estimator", "Oracle", "as_oracle", "ChainDiverged", "__version__"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +45,9 @@ logger = logging.getLogger(__name__)
 
 State = TypeVar("State", bound=tuple)
 Info = TypeVar("Info", bound=tuple)
-#: ``step(state, generator) -> (new_state, info)``: one transition of a batched chain
-StepFn = Callable[[State, "torch.Generator | None"], "tuple[State, Info]"]
+#: ``step(generator, state) -> (new_state, info)``: one transition of a batched chain (the
+#: generator comes first, as BlackJAX's ``kernel(rng_key, state)``)
+StepFn = Callable[["torch.Generator | None", State], "tuple[State, Info]"]
 
 #: pairs of points per block in the pairwise-distance sums (2^22 float64 distances: 32 MB)
 _PAIR_BLOCK = 1 << 22
@@ -61,6 +63,35 @@ def _check_generator(generator: Any) -> torch.Generator | None:
     return generator
 
 
+def _check_oracle(oracle: Any, name: str = "oracle") -> Oracle:
+    if not isinstance(oracle, Oracle):
+        raise TypeError(f"{name} must be a fitted Oracle; got {type(oracle).__name__}")
+    return oracle
+
+
+def _check_position(position: Any, oracle: Oracle, name: str = "position") -> torch.Tensor:
+    """A finite floating (m, d) tensor in the oracle's dimension (m may be 0), as the pure
+    init/step functions take it; numpy arrays are converted."""
+    if not isinstance(position, torch.Tensor):
+        position, _ = _to_tensor(position, name)
+    elif position.dtype in (torch.float16, torch.bfloat16) or position.is_complex() \
+            or not position.is_floating_point():
+        raise TypeError(f"{name} must be a float32 or float64 tensor; got dtype {position.dtype}")
+    if position.ndim != 2 or position.shape[1] != oracle.dim:
+        raise ValueError(f"{name} must have shape (m, {oracle.dim}) for this {oracle.dim}-dimensional oracle; "
+                         f"got shape {tuple(position.shape)}")
+    _check_chains(position.detach())
+    return position.detach()
+
+
+def _check_state(state: Any, kind: type, name: str = "state") -> Any:
+    if not isinstance(state, kind):
+        hint = (" (the step functions take the generator first: step(generator, state, ...))"
+                if isinstance(state, torch.Generator) or state is None else "")
+        raise TypeError(f"{name} must be a {kind.__name__}; got {type(state).__name__}{hint}")
+    return state
+
+
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``like``, drawn on the generator's device."""
     device = generator.device if generator is not None else like.device
@@ -72,10 +103,116 @@ def _rand(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator
     return torch.rand(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
+class LowAcceptanceWarning(RuntimeWarning):
+    """MALA accepted too few proposals for its samples to be useful: reduce the step size."""
+
+
+class ChainDiverged(RuntimeError):
+    """A chain (or a particle cloud) left the finite numbers or ran off far outside the range of
+    its data and start: the step size (or time step) is too large for the target's curvature."""
+
+
+#: chains farther than this many reference radii from the reference centre have diverged
+#: (:class:`DivergenceGuard`); ``math.inf`` turns the range check off (non-finite values still stop)
+DIVERGENCE_FACTOR = 1e4
+
+
 def _check_chains(x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x).all(1)).sum())
-        raise ValueError(f"{bad} chain(s) diverged (non-finite positions); reduce the step size")
+        raise ChainDiverged(f"{bad} chain(s) diverged (non-finite positions); reduce the step size")
+
+
+def oracle_extent(oracle: Any) -> torch.Tensor | None:
+    """(k, d) float64 points spanning the oracle's data, or None when the oracle does not expose it.
+
+    KDE and DiScoFormer fits hold their samples (``.samples``); exact Gaussian mixtures give their
+    means +- 3 standard deviations per coordinate.
+    """
+    samples = getattr(oracle, "samples", None)
+    if isinstance(samples, torch.Tensor) and samples.ndim == 2 and samples.shape[0] > 0:
+        return samples.detach().to(torch.float64)
+    means, covariances = getattr(oracle, "means", None), getattr(oracle, "covariances", None)
+    if isinstance(means, torch.Tensor) and isinstance(covariances, torch.Tensor) and means.ndim == 2:
+        sd = torch.diagonal(covariances, dim1=-2, dim2=-1).clamp(min=0).sqrt().to(torch.float64)
+        centres = means.detach().to(torch.float64)
+        return torch.cat([centres - 3 * sd, centres + 3 * sd])
+    return None
+
+
+class DivergenceGuard:
+    """Stops a batch of chains once any leaves a sane range around its data and start.
+
+    The reference centre ``c`` is the mean of the data (when the oracle exposes it, see
+    :func:`oracle_extent`) or of the starting points; the reference radius after a drift time ``D``
+    (sum of the drift coefficients, e.g. ``k tau`` for Langevin) and an injected noise variance
+    ``V`` per coordinate (``2 k tau``) is::
+
+        R = R0 + D S0 + sqrt(d V)
+
+    with ``R0`` the largest distance of a starting or data point from ``c`` and ``S0`` the largest
+    drift (score or velocity) norm at the start. A healthy chain stays within ``R``: it starts within
+    ``R0``, its drift moves it at most ``D S0`` while the drift shrinks towards the mass (for a
+    log-concave target exactly; the factor covers the rest), and the noise spreads it by about
+    ``sqrt(d V)`` -- which also bounds a heavy-tailed target's chains, whose drift vanishes far out
+    so they move like Brownian motion. An unstable step grows the distance geometrically, so it
+    passes ``DIVERGENCE_FACTOR`` (1e4) times ``R`` within a few dozen steps, long before the numbers
+    become inf; every term scales like a length, so the rule is the same at any data scale.
+
+    Args:
+        start: (m, d) starting points. oracle: the oracle driving the chains (for its data), or None.
+        start_drift: (m, d) drift at the start (``S0``); None means 0.
+        hint: what to change, e.g. ``"step_size=0.5 is too large; reduce it"``.
+    """
+
+    def __init__(self, start: torch.Tensor, oracle: Any = None, start_drift: torch.Tensor | None = None,
+                 hint: str = "reduce the step size", factor: float | None = None) -> None:
+        x = start.detach().to(torch.float64)
+        data = oracle_extent(oracle) if oracle is not None else None
+        if data is not None and (data.shape[1] != x.shape[1] or not bool(torch.isfinite(data).all())):
+            data = None
+        self.centre = (data.mean(0) if data is not None else x.mean(0)) if x.shape[0] or data is not None \
+            else torch.zeros(x.shape[1], dtype=torch.float64)
+        self.centre = self.centre.to(x.device)
+        radius = 0.0
+        if x.shape[0]:
+            radius = float((x - self.centre).norm(dim=1).max())
+        if data is not None:
+            radius = max(radius, float((data.to(x.device) - self.centre).norm(dim=1).max()))
+        self.radius0 = radius
+        self.drift0 = 0.0 if start_drift is None or start_drift.shape[0] == 0 else \
+            float(start_drift.detach().to(torch.float64).norm(dim=1).max())
+        self.dim = int(x.shape[1])
+        self.hint = hint
+        self.factor = DIVERGENCE_FACTOR if factor is None else float(factor)
+        self.drift_time = 0.0
+        self.noise_variance = 0.0
+
+    def advance(self, drift_time: float, noise_variance: float) -> None:
+        """Account for one more step with drift coefficient ``drift_time`` and noise variance
+        ``noise_variance`` per coordinate."""
+        self.drift_time += float(drift_time)
+        self.noise_variance += float(noise_variance)
+
+    @property
+    def radius(self) -> float:
+        """The current reference radius ``R``."""
+        return self.radius0 + self.drift_time * self.drift0 + math.sqrt(self.dim * self.noise_variance)
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raise :class:`ChainDiverged` if any row of ``x`` (m, d) is non-finite or beyond the range."""
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x).all(1)).sum())
+            raise ChainDiverged(f"{bad} chain(s) diverged (non-finite positions); {self.hint}")
+        if x.shape[0] == 0 or not math.isfinite(self.factor):
+            return
+        limit = self.factor * max(self.radius, 1e-300)
+        distance = (x.detach().to(torch.float64) - self.centre.to(x.device)).norm(dim=1)
+        far = distance > limit
+        if bool(far.any()):
+            raise ChainDiverged(
+                f"{int(far.sum())} chain(s) diverged: {float(distance.max()):.3g} from the centre of the data "
+                f"and start, beyond {self.factor:.0e} x their range {self.radius:.3g}; {self.hint}")
 
 
 def _score(oracle: Oracle, x: torch.Tensor) -> torch.Tensor:
@@ -235,6 +372,10 @@ def default_n_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
     ``gamma`` of consecutive levels is kept at ``1 + 1/sqrt(d)`` (capped to [1.05, 1.5]) so a
     sample at one level stays typical at the next (Song & Ermon 2020, technique 2). At least 10.
     """
+    sigma_max, sigma_min = check_positive(sigma_max, "sigma_max"), check_positive(sigma_min, "sigma_min")
+    dim = check_int(dim, "dim", minimum=1)
+    if sigma_min > sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must not exceed sigma_max ({sigma_max})")
     gamma = min(1.5, max(1.05, 1.0 + 1.0 / math.sqrt(dim)))
     return max(10, math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma)) + 1)
 
@@ -247,6 +388,10 @@ def ncsn_relative_step(gamma: float, steps_per_level: int) -> float:
     ``sigma_i^2 (S + (1 - r/2)^(2T) (gamma^2 - S))`` with ``S = 1 / (1 - r/4)``. The returned ``r``
     brings that ratio closest to 1 (searched on a log grid in [1e-4, 1]).
     """
+    gamma = check_positive(gamma, "gamma")
+    if gamma < 1.0:
+        raise ValueError(f"gamma is the ratio of consecutive noise levels and must be at least 1; got {gamma}")
+    steps_per_level = check_int(steps_per_level, "steps_per_level", minimum=1)
     grid = np.logspace(-4, 0, 801)
     stationary = 1.0 / (1.0 - grid / 4)
     ratio = stationary + (1.0 - grid / 2) ** (2 * steps_per_level) * (gamma ** 2 - stationary)
@@ -302,13 +447,23 @@ class LangevinInfo(NamedTuple):
 
 
 def langevin_init(position: torch.Tensor, oracle: Oracle) -> LangevinState:
-    """Initial state at ``position`` (m, d)."""
+    """Initial state at ``position`` (m, d): a finite float32/float64 tensor in the oracle's dimension."""
+    oracle = _check_oracle(oracle)
+    position = _check_position(position, oracle)
     return LangevinState(position, _score(oracle, position))
 
 
-def langevin_step(state: LangevinState, oracle: Oracle, step_size: float,
-                  generator: torch.Generator | None = None) -> tuple[LangevinState, LangevinInfo]:
-    """One unadjusted Langevin step ``x' = x + tau s(x) + sqrt(2 tau) z`` (``tau = step_size``)."""
+def langevin_step(generator: torch.Generator | None, state: LangevinState, oracle: Oracle, step_size: float
+                  ) -> tuple[LangevinState, LangevinInfo]:
+    """One unadjusted Langevin step ``x' = x + tau s(x) + sqrt(2 tau) z`` (``tau = step_size``).
+
+    The generator comes first (BlackJAX's ``kernel(rng_key, state, ...)``); None draws from torch's
+    global generator. Pure: ``state`` is not modified.
+    """
+    generator = _check_generator(generator)
+    state = _check_state(state, LangevinState)
+    oracle = _check_oracle(oracle)
+    step_size = check_positive(step_size, "step_size")
     x = state.position
     new = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
     new_score = _score(oracle, new)
@@ -333,7 +488,9 @@ class MALAInfo(NamedTuple):
 
 
 def mala_init(position: torch.Tensor, oracle: Oracle) -> MALAState:
-    """Initial state at ``position`` (m, d)."""
+    """Initial state at ``position`` (m, d): a finite float32/float64 tensor in the oracle's dimension."""
+    oracle = _check_oracle(oracle)
+    position = _check_position(position, oracle)
     return MALAState(position, *_log_density_and_score(oracle, position))
 
 
@@ -343,10 +500,17 @@ def _log_proposal(to: torch.Tensor, frm: torch.Tensor, frm_score: torch.Tensor, 
     return -(diff * diff).sum(1) / (4.0 * step_size)
 
 
-def mala_step(state: MALAState, oracle: Oracle, step_size: float,
-              generator: torch.Generator | None = None) -> tuple[MALAState, MALAInfo]:
+def mala_step(generator: torch.Generator | None, state: MALAState, oracle: Oracle, step_size: float
+              ) -> tuple[MALAState, MALAInfo]:
     """One MALA step: a Langevin proposal, accepted with the Metropolis–Hastings probability
-    computed from ``oracle.log_density`` (so the chain targets the oracle's density exactly)."""
+    computed from ``oracle.log_density`` (so the chain targets the oracle's density exactly).
+
+    The generator comes first, as in :func:`langevin_step`. Pure: ``state`` is not modified.
+    """
+    generator = _check_generator(generator)
+    state = _check_state(state, MALAState)
+    oracle = _check_oracle(oracle)
+    step_size = check_positive(step_size, "step_size")
     x = state.position
     proposal = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
     log_p, score = _log_density_and_score(oracle, proposal)
@@ -417,9 +581,13 @@ def annealed_init(position: torch.Tensor) -> AnnealedState:
     return AnnealedState(position, 0)
 
 
-def annealed_langevin_step(state: AnnealedState, schedule: AnnealingSchedule,
-                           generator: torch.Generator | None = None) -> tuple[AnnealedState, AnnealedInfo]:
-    """One NCSN step ``x' = x + alpha_i / 2 * s_i(x) + sqrt(alpha_i) z`` at the current level ``i``."""
+def annealed_langevin_step(generator: torch.Generator | None, state: AnnealedState, schedule: AnnealingSchedule
+                           ) -> tuple[AnnealedState, AnnealedInfo]:
+    """One NCSN step ``x' = x + alpha_i / 2 * s_i(x) + sqrt(alpha_i) z`` at the current level ``i``
+    (the generator first, as in :func:`langevin_step`)."""
+    generator = _check_generator(generator)
+    state = _check_state(state, AnnealedState)
+    schedule = _check_state(schedule, AnnealingSchedule, "schedule")
     level = state.step // schedule.steps_per_level
     if level >= len(schedule.oracles):
         raise ValueError(f"the schedule has {schedule.n_steps} steps; this state has done them all")
@@ -434,6 +602,9 @@ def annealed_langevin_step(state: AnnealedState, schedule: AnnealingSchedule,
 def tweedie_denoise(position: torch.Tensor, oracle: Oracle, sigma: float) -> torch.Tensor:
     """Tweedie's formula ``E[x_0 | x_sigma = x] = x + sigma^2 s_sigma(x)``; ``oracle`` is the oracle
     smoothed at ``sigma``. Removes the last level's noise (the NCSN final denoising step)."""
+    oracle = _check_oracle(oracle)
+    position = _check_position(position, oracle)
+    sigma = check_positive(sigma, "sigma", allow_zero=True)
     return position + sigma ** 2 * _score(oracle, position)
 
 
@@ -451,14 +622,20 @@ def ve_schedule(oracle: Oracle, sigmas: torch.Tensor) -> AnnealingSchedule:
     return AnnealingSchedule(sigmas, step_sizes, 1, tuple(noise.at(float(s)) for s in sigmas[:-1]))
 
 
-def reverse_diffusion_step(state: AnnealedState, schedule: AnnealingSchedule, method: Method = "sde",
-                           generator: torch.Generator | None = None) -> tuple[AnnealedState, AnnealedInfo]:
-    """One step of the reverse variance-exploding diffusion from ``sigma_i`` to ``sigma_{i+1}``.
+def reverse_diffusion_step(generator: torch.Generator | None, state: AnnealedState, schedule: AnnealingSchedule,
+                           method: Method = "sde") -> tuple[AnnealedState, AnnealedInfo]:
+    """One step of the reverse variance-exploding diffusion from ``sigma_i`` to ``sigma_{i+1}``
+    (the generator first, as in :func:`langevin_step`).
 
     ``"sde"``: ``x' = x + (sigma_i^2 - sigma_{i+1}^2) s_i(x) + sqrt(sigma_i^2 - sigma_{i+1}^2) z``
     (the reverse-diffusion predictor of Song et al. 2021, i.e. ScoreSdeVeScheduler.step_pred).
     ``"ode"``: the probability-flow Euler step ``x' = x + (sigma_i^2 - sigma_{i+1}^2) / 2 * s_i(x)``.
     """
+    generator = _check_generator(generator)
+    state = _check_state(state, AnnealedState)
+    schedule = _check_state(schedule, AnnealingSchedule, "schedule")
+    if method not in ("sde", "ode"):
+        raise ValueError(f"method must be 'sde' or 'ode'; got {method!r}")
     i = state.step
     if i >= len(schedule.oracles):
         raise ValueError(f"the schedule has {schedule.n_steps} steps; this state has done them all")
@@ -488,31 +665,40 @@ def _stack(infos: list[Any]) -> Any:
 
 
 def run_chain(step: StepFn, state: State, n_steps: int, generator: torch.Generator | None = None,
-              progress: bool = True, desc: str = "sampling") -> tuple[State, Any]:
-    """Apply ``step(state, generator)`` ``n_steps`` times.
+              progress: bool = True, desc: str = "sampling", guard: DivergenceGuard | None = None
+              ) -> tuple[State, Any]:
+    """Apply ``step(generator, state)`` ``n_steps`` times.
 
     Args:
-        step: a transition, e.g. ``functools.partial(mala_step, oracle=o, step_size=0.1)`` wrapped
-            to take ``(state, generator)``.
+        step: a transition taking ``(generator, state)``, e.g.
+            ``lambda g, s: mala_step(g, s, oracle, 0.1)``.
         state: the initial state (a NamedTuple whose first field is the (m, d) ``position``).
         n_steps: number of transitions, at least 1.
         generator: the torch.Generator every step draws from.
         progress: show a tqdm progress bar.
+        desc: the progress bar's label, also the prefix of error messages.
+        guard: checks the positions after every step (the step advances it); without one only
+            non-finite positions stop the run.
     Returns:
         The final state and the per-step infos stacked field by field along a leading axis.
     Raises:
-        ValueError: when the chains leave the finite numbers (the step size is too large).
+        ChainDiverged: when the chains leave the finite numbers or the guard's range (the step size
+            is too large).
     """
+    if not callable(step):
+        raise TypeError(f"step must be callable as step(generator, state); got {type(step).__name__}")
+    generator = _check_generator(generator)
     n_steps = check_int(n_steps, "n_steps", minimum=1)
     infos = []
     for k in tqdm(range(n_steps), desc=desc, disable=not progress, leave=False):
         try:
-            state, info = step(state, generator)
-            _check_chains(state[0])
-        except ValueError as exc:
-            if "diverged" not in str(exc):
-                raise
-            raise ValueError(f"{desc}, step {k + 1}: {exc}") from None
+            state, info = step(generator, state)
+            if guard is None:
+                _check_chains(state[0])
+            else:
+                guard.check(state[0])
+        except ChainDiverged as exc:
+            raise ChainDiverged(f"{desc}, step {k + 1}: {exc}") from None
         infos.append(info)
     return state, _stack(infos)
 
@@ -552,6 +738,8 @@ def _chains(oracle: Estimator | Oracle, x0: ArrayLike, step_size: float, n_steps
             ) -> tuple[Oracle, Queries, float, int, torch.Generator | None]:
     oracle = as_oracle(oracle)
     q = as_queries(x0, oracle.dim, oracle.compute_dtype, oracle.device, name="x0")
+    if q.points.shape[0] == 0:
+        raise ValueError(f"x0 has no chains (shape {tuple(q.points.shape)}); pass at least one starting point")
     return (oracle, q, check_positive(step_size, "step_size"), check_int(n_steps, "n_steps", minimum=1),
             _check_generator(generator))
 
@@ -571,10 +759,21 @@ def langevin(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: in
         progress: show a tqdm progress bar.
     Returns:
         ``(samples, info)``: final positions shaped and typed like ``x0``, and :class:`SamplingInfo`.
+    Raises:
+        ValueError / TypeError: bad arguments (named), or ``x0`` with no rows.
+        ChainDiverged: a chain left the finite numbers or ran :data:`DIVERGENCE_FACTOR` times beyond
+            the range of the data and start (:class:`DivergenceGuard`): ``step_size`` is too large.
     """
     oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
-    state, infos = run_chain(lambda s, g: langevin_step(s, oracle, step_size, g),
-                             langevin_init(q.points, oracle), n_steps, generator, progress, "langevin")
+    start = langevin_init(q.points, oracle)
+    guard = DivergenceGuard(start.position, oracle, start.score,
+                            f"step_size={step_size:.3g} is too large for this target; reduce it")
+
+    def step(g: torch.Generator | None, s: LangevinState) -> tuple[LangevinState, LangevinInfo]:
+        guard.advance(step_size, 2.0 * step_size)
+        return langevin_step(g, s, oracle, step_size)
+
+    state, infos = run_chain(step, start, n_steps, generator, progress, "langevin", guard)
     info = SamplingInfo("langevin", n_steps, np.array([step_size]),
                         mean_squared_score=infos.mean_squared_score.cpu().numpy())
     return q.restore(state.position), info
@@ -586,16 +785,26 @@ def mala(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: int = 
     probability from ``oracle.log_density``, so each chain leaves the oracle's density invariant.
 
     Args and returns as :func:`langevin`; ``info.acceptance_rate`` is the mean acceptance
-    probability (aim for roughly 0.5–0.8 by adjusting ``step_size``).
+    probability (aim for roughly 0.5–0.8 by adjusting ``step_size``); below 0.2 a
+    :class:`LowAcceptanceWarning` is issued.
     """
     oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
-    state, infos = run_chain(lambda s, g: mala_step(s, oracle, step_size, g),
-                             mala_init(q.points, oracle), n_steps, generator, progress, "mala")
+    start = mala_init(q.points, oracle)
+    guard = DivergenceGuard(start.position, oracle, start.score,
+                            f"step_size={step_size:.3g} is too large for this target; reduce it")
+
+    def step(g: torch.Generator | None, s: MALAState) -> tuple[MALAState, MALAInfo]:
+        guard.advance(step_size, 2.0 * step_size)
+        return mala_step(g, s, oracle, step_size)
+
+    state, infos = run_chain(step, start, n_steps, generator, progress, "mala", guard)
     per_chain = infos.acceptance_probability.mean(0)
     info = SamplingInfo("mala", n_steps, np.array([step_size]), acceptance_rate=float(per_chain.mean()),
                         chain_acceptance_rates=per_chain.cpu().numpy())
     if info.acceptance_rate is not None and info.acceptance_rate < 0.2:
-        logger.warning("MALA acceptance rate is %.2f; reduce step_size", info.acceptance_rate)
+        # the user must act (the chains barely moved), so a warning they see, not a log line
+        warnings.warn(f"MALA acceptance rate is {info.acceptance_rate:.2f} with step_size={step_size:.3g}; "
+                      f"reduce step_size (aim for 0.5-0.8)", LowAcceptanceWarning, stacklevel=2)
     return q.restore(state.position), info
 
 
@@ -629,6 +838,20 @@ def _noise_conditional_setup(estimator: Estimator | Oracle | None, data: ArrayLi
     start = torch.empty(n_samples, oracle.dim, dtype=dtype, device=oracle.device)
     start = centre.to(dtype=dtype, device=oracle.device) + sigma_max * _randn(start, generator)
     return oracle, start, kind, sigma_max, sigma_min, generator
+
+
+class _DataExtent:
+    """The data of a noise-conditional run, seen by :class:`DivergenceGuard` as an oracle's samples."""
+
+    def __init__(self, samples: torch.Tensor) -> None:
+        self.samples = samples
+
+
+def _data_extent_oracle(oracle: Oracle, data: ArrayLike | None) -> Any:
+    """What the divergence guard measures the range against: the data when given, else the oracle."""
+    if data is None:
+        return oracle
+    return _DataExtent(as_samples(data, "data", min_samples=1))
 
 
 def _langevin_smoothing(oracle: Oracle) -> Oracle:
@@ -685,8 +908,16 @@ def annealed_langevin(estimator: Estimator | Oracle | None, data: ArrayLike | No
     schedule = ncsn_schedule(oracle, sigmas, steps_per_level, eps)
     logger.debug("annealed Langevin: %d levels %.3g -> %.3g (ratio %.3f), %d steps each, eps %.3g",
                  n_levels, sigma_max, sigma_min, gamma, steps_per_level, eps)
-    state, infos = run_chain(lambda s, g: annealed_langevin_step(s, schedule, g), annealed_init(start),
-                             schedule.n_steps, generator, progress, "annealed langevin")
+    guard = DivergenceGuard(start, _data_extent_oracle(oracle, data),
+                            hint=f"eps={eps:.3g} (relative step {eps / sigma_min ** 2:.3g}) is too large; reduce eps")
+
+    def step(g: torch.Generator | None, s: AnnealedState) -> tuple[AnnealedState, AnnealedInfo]:
+        alpha = float(schedule.step_sizes[min(s.step // schedule.steps_per_level, len(schedule.oracles) - 1)])
+        guard.advance(0.5 * alpha, alpha)
+        return annealed_langevin_step(g, s, schedule)
+
+    state, infos = run_chain(step, annealed_init(start), schedule.n_steps, generator, progress,
+                             "annealed langevin", guard)
     position = state.position
     if denoise:
         position = tweedie_denoise(position, schedule.oracles[-1], sigma_min)
@@ -723,8 +954,17 @@ def reverse_diffusion(estimator: Estimator | Oracle | None, data: ArrayLike | No
     oracle, start, kind, sigma_max, sigma_min, generator = _noise_conditional_setup(
         estimator, data, n_samples, sigma_max, sigma_min, generator)
     schedule = ve_schedule(oracle, geometric_noise_levels(sigma_max, sigma_min, n_steps + 1))
-    state, infos = run_chain(lambda s, g: reverse_diffusion_step(s, schedule, method, g), annealed_init(start),
-                             schedule.n_steps, generator, progress, f"reverse diffusion ({method})")
+    guard = DivergenceGuard(start, _data_extent_oracle(oracle, data),
+                            hint=f"n_steps={n_steps} is too few for noise levels {sigma_max:.3g} -> {sigma_min:.3g}; "
+                                 f"raise n_steps")
+
+    def step(g: torch.Generator | None, s: AnnealedState) -> tuple[AnnealedState, AnnealedInfo]:
+        delta = float(schedule.step_sizes[min(s.step, len(schedule.oracles) - 1)])
+        guard.advance(delta if method == "sde" else 0.5 * delta, delta if method == "sde" else 0.0)
+        return reverse_diffusion_step(g, s, schedule, method)
+
+    state, infos = run_chain(step, annealed_init(start), schedule.n_steps, generator, progress,
+                             f"reverse diffusion ({method})", guard)
     position = state.position
     if denoise:
         position = tweedie_denoise(position, NoiseConditionalScore(oracle).at(sigma_min), sigma_min)

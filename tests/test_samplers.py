@@ -176,13 +176,13 @@ def test_pieces_compose_like_the_one_call_entry_point() -> None:
     expected, _ = samplers.mala(target, x0, step_size=0.1, n_steps=15,
                                 generator=torch.Generator().manual_seed(2), progress=False)
     state = samplers.mala_init(x0, target)
-    state, infos = samplers.run_chain(lambda s, g: samplers.mala_step(s, target, 0.1, g), state, 15,
+    state, infos = samplers.run_chain(lambda g, s: samplers.mala_step(g, s, target, 0.1), state, 15,
                                       torch.Generator().manual_seed(2), progress=False)
     assert torch.equal(state.position, expected)
     assert infos.is_accepted.shape == (15, 30) and infos.acceptance_probability.dtype == torch.float64
     # The step is pure: the input state is untouched and reusable.
     first = samplers.mala_init(x0, target)
-    samplers.mala_step(first, target, 0.1, torch.Generator().manual_seed(0))
+    samplers.mala_step(torch.Generator().manual_seed(0), first, target, 0.1)
     assert torch.equal(first.position, x0)
 
 
@@ -281,6 +281,6 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 def test_divergence_is_reported_not_returned_as_nan() -> None:
     target = correlated_gaussian()
-    with pytest.raises(ValueError, match="langevin, step .* diverged .* reduce the step size"):
+    with pytest.raises(samplers.ChainDiverged, match=r"langevin, step \d+: .*diverged.*step_size=50 .*reduce it"):
         samplers.langevin(target, torch.ones(4, 2, dtype=torch.float64), step_size=50.0, n_steps=400,
                           progress=False)
