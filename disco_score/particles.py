@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ._checks import ArrayLike, Queries, _to_tensor, as_samples, check_int, check_positive
 from .base import Estimator, Oracle, default_estimator
 from .kde import BLOCK_ELEMENTS
+from .samplers import ChainDiverged, DivergenceGuard
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,18 @@ def _integrate(x0: torch.Tensor, kinds: _Kinds, velocity: Velocity, grid: np.nda
     x = x0
     stored_t, stored_x = [float(grid[0])], [x.clone()]
     n_steps = grid.shape[0] - 1
+    largest_dt = float(np.diff(grid).max())
+    guard: DivergenceGuard | None = None
     for k in tqdm(range(n_steps), desc=desc, disable=not progress, leave=False):
         t, dt = float(grid[k]), float(grid[k + 1] - grid[k])
         u1, oracle = velocity(t, x)
+        if guard is None:
+            # The cloud moves at most |u(x0)| t from where it started while the flow is stable; an
+            # unstable time step grows it geometrically (see samplers.DivergenceGuard).
+            guard = DivergenceGuard(x0, None, u1, f"the time step {largest_dt:.3g} is too large for this "
+                                                  f"{'drift' if desc == 'fokker-planck' else 'field'}; "
+                                                  f"raise n_steps (or refine times)")
+        guard.advance(dt, 0.0)
         if callback is not None:
             callback(t, kinds.call.restore(x), oracle)
         if method == "euler":
@@ -172,9 +182,10 @@ def _integrate(x0: torch.Tensor, kinds: _Kinds, velocity: Velocity, grid: np.nda
         else:
             u2, _ = velocity(t + dt, x + dt * u1)
             x = x + 0.5 * dt * (u1 + u2)
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"particles became non-finite at t = {t + dt:.6g}; reduce the time "
-                                     f"step (raise n_steps) or check the score and the potential")
+        try:
+            guard.check(x)
+        except ChainDiverged as exc:
+            raise ChainDiverged(f"{desc}: particles diverged at t = {t + dt:.6g}: {exc}") from None
         if (k + 1) % save_every == 0 or k + 1 == n_steps:
             stored_t.append(float(grid[k + 1]))
             stored_x.append(x.clone())
@@ -221,6 +232,10 @@ def fokker_planck(x0: ArrayLike, grad_potential: GradPotential | None, diffusion
     Returns:
         :class:`ParticlePath` with ``times`` (T,) and ``positions`` (T, N, d), in the kind and
         dtype of ``x0``.
+
+    Raises:
+        ~disco_score.samplers.ChainDiverged: the cloud became non-finite or ran far beyond
+            ``|u(x0)| t`` of where it started (an unstable time step: raise ``n_steps``).
 
     Example:
         >>> import numpy as np
@@ -330,6 +345,13 @@ def _landau_field_pairwise(v: torch.Tensor, s: torch.Tensor, gamma: float) -> to
             # |z|^γ; the i = j term (and coincident particles) contribute nothing: w or A vanish there
             weight = torch.where(z2 > 0, z2.clamp(min=1e-300) ** (0.5 * gamma), torch.zeros_like(z2))
             aw = aw * weight
+            if not bool(torch.isfinite(aw).all()) and bool(torch.isfinite(v).all() and torch.isfinite(s).all()):
+                # |z|^gamma left float64 (|gamma| in the hundreds): the exponent, not the time step, is wrong
+                bad = ~torch.isfinite(aw).all(-1)
+                pair = z2[..., 0][bad].sqrt()
+                raise ValueError(f"gamma={gamma:g}: the Landau kernel |v_i - v_j|^gamma overflows float64 at "
+                                 f"pair distance {float(pair.max() if gamma > 0 else pair.min()):.3g}; use a "
+                                 f"physical exponent (-3 <= gamma <= 1) or rescale the velocities")
         out[i0:i0 + block] = -aw.sum(1) / n
     return out
 

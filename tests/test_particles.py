@@ -376,3 +376,24 @@ def test_oracle_as_estimator_is_refused_with_a_hint():
 def test_landau_and_closed_form_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# -- reliability: divergence and overflowing exponents ---------------------------------------------
+
+def test_stiff_drift_with_a_coarse_time_step_raises_chain_diverged() -> None:
+    from disco_score import ChainDiverged
+
+    x0 = np.random.default_rng(0).normal(size=(100, 2))
+    with pytest.raises(ChainDiverged, match=r"fokker-planck: particles diverged .*time step 0\.01 .*raise n_steps"):
+        particles.fokker_planck(x0, lambda x: 1000.0 * x, t_end=0.1, n_steps=10, estimator=KDE(), progress=False)
+    # the same drift with a stable step runs to the equilibrium N(0, D / 1000) without a word
+    path = particles.fokker_planck(x0, lambda x: 1000.0 * x, t_end=0.1, n_steps=1000, estimator=KDE(),
+                                   method="euler", progress=False, save_every=1000)
+    assert np.isfinite(path.final).all() and np.abs(path.final).max() < 1.0
+
+
+@pytest.mark.parametrize("gamma", [1e3, -1e3])
+def test_landau_with_an_overflowing_exponent_names_gamma(gamma: float) -> None:
+    x0 = np.random.default_rng(0).normal(size=(60, 2))
+    with pytest.raises(ValueError, match=r"gamma=-?1000: .*overflows float64"):
+        particles.landau(x0, t_end=0.1, n_steps=2, gamma=gamma, estimator=KDE(), progress=False)
