@@ -342,3 +342,18 @@ def random_gmm(dim: int, batch: int | None = None, n_components: int | tuple[int
     if batch is None:
         return GaussianMixture(weights[0], means[0], covs[0])
     return GaussianMixture(weights, means, covs)
+
+
+_FAMILY_EXPORTS = ("StudentTMixture", "Shell", "Ring", "WarpedTarget", "AffineWarp", "TanhWarp", "SinhArcsinhWarp",
+                   "CouplingWarp", "RadialWarp", "random_wide_mixture", "random_warped", "random_shell",
+                   "random_prior_target")
+
+
+def __getattr__(name: str) -> object:
+    # The wider families live in disco_score.families, which imports this module: re-export them
+    # lazily so that importing either module first works.
+    if name in _FAMILY_EXPORTS:
+        from . import families
+
+        return getattr(families, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
