@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -194,8 +195,10 @@ def loo_cv_factor(samples: torch.Tensor, covariance: torch.Tensor, kernel: Kerne
         scores.append(float(ll.mean()))
     best = int(np.argmax(scores))
     if best in (0, len(grid) - 1):
-        logger.warning("leave-one-out CV picked the edge of its grid (factor %.3g); the optimum may lie "
-                       "outside it", grid[best])
+        # the user must act (widen the grid or pick a bandwidth), so a visible warning, not a log line
+        warnings.warn(f"leave-one-out CV picked the {'lower' if best == 0 else 'upper'} edge of its grid "
+                      f"(bandwidth factor {grid[best]:.3g}); the optimum may lie outside it: pass factors= "
+                      f"covering it or a numeric bandwidth", UserWarning, stacklevel=2)
     return float(grid[best])
 
 

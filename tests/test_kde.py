@@ -335,3 +335,11 @@ def test_million_samples_ten_thousand_queries_within_2gb():
     _, peak, seconds, cpu_seconds = _peak_memory(1_000_000, 10_000, 10)
     print(f"n=1e6, m=1e4, d=10: peak RSS {peak / 1e9:.2f} GB, {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU")
     assert peak < 2e9
+
+
+def test_cv_bandwidth_at_the_grid_edge_warns_visibly() -> None:
+    """Leave-one-out CV stopping at its grid's edge is something the user must act on: a warning."""
+    rng = np.random.default_rng(0)
+    clumped = np.repeat(rng.normal(size=(50, 1)), 4, axis=0) + 1e-9 * rng.normal(size=(200, 1))
+    with pytest.warns(UserWarning, match="lower edge of its grid"):
+        KDE("cv").fit(clumped)
