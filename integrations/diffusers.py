@@ -39,6 +39,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,15 +306,29 @@ class EmpiricalDiffusionPipeline(DiffusionPipeline):
         if config.get("clip_sample", False) or config.get("thresholding", False):
             bound = float(config.get("clip_sample_range", 1.0))
             if float(data.abs().max()) > bound:
-                logger.warning("%s clips predicted samples to [-%g, %g] but the data exceed it; "
-                               "pass clip_sample=False (and thresholding=False)",
-                               type(self.scheduler).__name__, bound, bound)
+                # clipping silently squeezes the samples into the box: the user must change the scheduler
+                warnings.warn(f"{type(self.scheduler).__name__} clips predicted samples to [-{bound:g}, {bound:g}] "
+                              f"but the data reach {float(data.abs().max()):.3g}; pass clip_sample=False "
+                              f"(and thresholding=False)", UserWarning, stacklevel=3)
+        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        if isinstance(alphas_cumprod, torch.Tensor) and alphas_cumprod.numel() and data.shape[0] >= 2:
+            # A variance-preserving chain starts at N(0, I), i.e. it assumes the data are invisible
+            # at the last step: alpha_bar_T E[x^2] << 1. Data of sd 1000 stay visible (the samples
+            # come back with a fraction of the data's spread), so say so.
+            signal = float(alphas_cumprod.min()) * float((data.to(torch.float64) ** 2).mean(0).max())
+            if signal > 0.1:
+                warnings.warn(f"{type(self.scheduler).__name__} starts from N(0, I), but its last noise level "
+                              f"leaves the data visible (alpha_bar_T x mean square of the data = {signal:.3g}, "
+                              f"should be << 1): the samples will not have the data's spread. Standardise "
+                              f"the data (zero mean, unit variance) and map the samples back, or use "
+                              f"ScoreSdeVeScheduler with sigma_max from disco_score.samplers.noise_range",
+                              UserWarning, stacklevel=3)
         if isinstance(self.scheduler, ScoreSdeVeScheduler) and data.shape[0] >= 2:
             sigma_max, _ = noise_range(data)
             if config.sigma_max < 0.5 * sigma_max:
-                logger.warning("ScoreSdeVeScheduler sigma_max=%g is below half the data's largest pairwise "
-                               "distance (%g); samples will not cover the data. See "
-                               "disco_score.samplers.noise_range", config.sigma_max, sigma_max)
+                warnings.warn(f"ScoreSdeVeScheduler sigma_max={config.sigma_max:g} is below half the data's "
+                              f"largest pairwise distance ({sigma_max:g}); samples will not cover the data. "
+                              f"See disco_score.samplers.noise_range", UserWarning, stacklevel=3)
 
     @torch.no_grad()
     def __call__(self, num_samples: int = 1, num_inference_steps: int = 50,

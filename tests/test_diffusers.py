@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -174,13 +174,27 @@ def test_save_and_load_round_trip(tmp_path, mixture_sets) -> None:
     torch.testing.assert_close(loaded(x, 300).sample, model(x, 300).sample)
 
 
-def test_clipping_scheduler_on_wide_data_warns(mixture_sets, caplog) -> None:
+def test_clipping_scheduler_on_wide_data_warns(mixture_sets) -> None:
     target, train, _ = mixture_sets
     pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(target, train), DDIMScheduler())  # clip_sample=True
     pipe.set_progress_bar_config(disable=True)
-    with caplog.at_level(logging.WARNING, logger="disco_score.integrations.diffusers"):
+    with pytest.warns(UserWarning, match="clip_sample=False"):
         pipe(num_samples=5, num_inference_steps=2)
-    assert "clip_sample=False" in caplog.text
+
+
+def test_variance_preserving_scheduler_on_data_of_sd_1000_warns() -> None:
+    """DDIM starts at N(0, I); data of sd 1000 stay visible at its last level and would come back
+    with a fraction of their spread -- never silently."""
+    data = 1000.0 * torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(KDE(), data), DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.warns(UserWarning, match="Standardise the data"):
+        pipe(num_samples=5, num_inference_steps=2)
+    unit = EmpiricalDiffusionPipeline(DiscoScoreModel(KDE(), data / 1000.0), DDIMScheduler(clip_sample=False))
+    unit.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit(num_samples=5, num_inference_steps=2)
 
 
 def test_bad_input_raises_clear_errors(mixture_sets) -> None:
