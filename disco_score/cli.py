@@ -23,8 +23,9 @@ Without ``--out`` the CSV goes to standard output. Sample output: ``.npy`` (n, d
 ``.csv`` with the header ``x_1,...,x_d``.
 
 Bad input (a missing or unreadable file, an unknown format, a wrong shape, a dimension mismatch,
-a value that is not a finite number) ends with a one-line message on standard error and exit
-code 2. ``--quiet`` (before the command) silences progress bars and logging.
+a value that is not a finite number or whose square leaves float64, a CSV first line mixing
+numbers and text, a seed outside 0 .. 2^63, a diverged sampler) ends with a one-line message on
+standard error and exit code 2. ``--quiet`` (before the command) silences progress bars and logging.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .base import Estimator, Oracle
+from .samplers import ChainDiverged
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,12 @@ EXTRAS = {"diffusers": ("diffusers",), "jax": ("jax", "blackjax", "numpyro"), "p
 _DISTRIBUTIONS = {"pyro": "pyro-ppl", "sklearn": "scikit-learn"}
 #: exceptions that mean bad input or a bad environment, not a bug: reported in one line, exit 2
 #: (RuntimeError is left out on purpose: from torch it means a bug, which deserves its traceback)
-USER_ERRORS = (ValueError, TypeError, OSError, ImportError, FloatingPointError)
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, FloatingPointError, OverflowError)
+#: largest magnitude a point file may hold: squares (distances, variances) must stay inside float64
+MAX_MAGNITUDE = 1e150
+#: largest count option (samples, steps) and seed the command line accepts
+MAX_COUNT = 2 ** 31 - 1
+MAX_SEED = 2 ** 63 - 1 - 16  # the demo offsets the seed by a few; torch seeds are 64-bit
 
 
 class UsageError(ValueError):
@@ -116,11 +123,14 @@ def _read_csv(path: Path, what: str) -> np.ndarray:
         try:
             values = [float(f) for f in fields]
         except ValueError:
-            if not seen_first:  # a header line
+            # A header names columns: none of its fields is a number. A first line like "1,abc" is a
+            # data row with a typo, and skipping it would silently drop a point.
+            if not seen_first and not any(_is_float(f) for f in fields):
                 seen_first = True
                 continue
             bad = next(f for f in fields if not _is_float(f))
-            raise UsageError(f"{what} {path}, line {line_no}: {bad.strip()!r} is not a number") from None
+            raise UsageError(f"{what} {path}, line {line_no}: {bad.strip()!r} is not a number"
+                             + (" (a header line may hold no numbers)" if not seen_first else "")) from None
         seen_first = True
         if width is None:
             width = len(values)
@@ -168,6 +178,10 @@ def read_points(path: str | Path, what: str = "samples") -> np.ndarray:
     if not finite.all():
         raise UsageError(f"{what} {path}: row {int(np.argmin(finite))} (0-based) has a non-finite value "
                          f"(NaN or inf)")
+    largest = float(np.abs(array).max())
+    if largest > MAX_MAGNITUDE or 0.0 < largest < 1.0 / MAX_MAGNITUDE:
+        raise UsageError(f"{what} {path}: values reach magnitude {largest:.3g}, whose squares leave float64 "
+                         f"(allowed: {1 / MAX_MAGNITUDE:.0e} to {MAX_MAGNITUDE:.0e}); rescale the data")
     return array
 
 
@@ -210,8 +224,9 @@ def _bandwidth(text: str) -> str | float:
     return value
 
 
-def _positive(convert: type) -> Any:
-    """An argparse ``type`` accepting a finite positive ``convert`` (int or float)."""
+def _positive(convert: type, minimum: int = 1) -> Any:
+    """An argparse ``type`` accepting a finite positive ``convert`` (int or float); integers at least
+    ``minimum`` (0 for a count that may be zero) and at most :data:`MAX_COUNT`."""
     noun = "integer" if convert is int else "number"
 
     def parse(text: str) -> Any:
@@ -219,11 +234,26 @@ def _positive(convert: type) -> Any:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
+        if convert is int:
+            if not minimum <= value <= MAX_COUNT:
+                kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+                raise argparse.ArgumentTypeError(f"expected a {kind} integer ({minimum} to {MAX_COUNT}), got {text!r}")
+        elif not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"expected a finite positive {noun}, got {text!r}")
         return value
 
     return parse
+
+
+def _seed(text: str) -> int:
+    """An argparse ``type`` for ``--seed``: an integer from 0 to :data:`MAX_SEED` (torch seeds are 64-bit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def make_estimator(name: str, bandwidth: str | float | None = None, kernel: str = "full",
@@ -668,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--queries", default=None, help="points to evaluate at (.npy/.csv, same columns); "
                          "default: the samples themselves")
         sub.add_argument("--out", default=None, help="output .npy or .csv (default: CSV on stdout)")
-        sub.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+        sub.add_argument("--adapt", type=_positive(int, minimum=0), default=0, metavar="STEPS",
                          help="discoformer: test-time adaptation steps on the samples (default 0)")
         _add_estimator_options(sub)
         if name == "fit":
@@ -690,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "ddim/ddpm/euler: inference steps (50)")
     sample.add_argument("--step-size", type=_positive(float), default=None,
                         help="langevin/mala step size tau in units of x^2 (default 0.01 x mean variance of DATA)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sample.add_argument("--out", default="samples.npy", help="output .npy or .csv (default samples.npy)")
     sample.add_argument("--plot", default=None, help="PNG scatter of the first two coordinates "
                         "(default: --out with .png)")
@@ -712,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="whose score drives annealed Langevin: kde (default; exact Gaussian smoothing, "
                            "seconds) or discoformer (re-encodes noised data at each of ~17 noise levels: "
                            "minutes on a CPU)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="demo.png", help="output PNG (default demo.png)")
     demo.add_argument("--weights-dir", default=None, help="DiScoFormer weights directory (default: packaged)")
     demo.set_defaults(handler=cmd_demo)
@@ -748,13 +778,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in ("bench", "train"):
             _configure_logging(quiet)
-            if command == "bench":
-                from .bench import main as bench_main
+            try:
+                if command == "bench":
+                    from .bench import main as bench_main
 
-                return bench_main(rest + (["--no-progress"] if quiet and "--no-progress" not in rest else []))
-            from .train import main as train_main
+                    return bench_main(rest + (["--no-progress"] if quiet and "--no-progress" not in rest else []))
+                from .train import main as train_main
 
-            return train_main(rest + (["--quiet"] if quiet and "--quiet" not in rest else []))
+                return train_main(rest + (["--quiet"] if quiet and "--quiet" not in rest else []))
+            except FileNotFoundError as exc:  # e.g. train --config /missing.json
+                message = str(exc) if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+            except USER_ERRORS as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"disco-score {command}: error: {message}", file=sys.stderr)
+            return 2
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and argparse usage errors (code 2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
@@ -763,7 +800,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except FileNotFoundError as exc:
         message = str(exc) if exc.filename is None else f"{exc.strerror}: {exc.filename}"
-    except USER_ERRORS as exc:
+    except OverflowError as exc:
+        message = f"a number left float64's range ({exc}); rescale the data or the option"
+    except (*USER_ERRORS, ChainDiverged) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     except KeyboardInterrupt:
         print("disco-score: interrupted", file=sys.stderr)

@@ -135,6 +135,19 @@ BAD_INPUT_CASES = {
                                       "--step-size applies to"),
     "demo out not png": (lambda t, g: ["demo", "--out", str(t / "demo.jpg")], "use a .png name"),
     "bad weights dir": (lambda t, g: ["eval", str(g), "--weights-dir", str(t)], "no DiScoFormer weights"),
+    # a first line with numbers and text is a data row with a typo, not a header to skip
+    "numeric first line with text": (lambda t, g: ["eval", str(_write(t / "x.csv", "1,abc\n2,3\n4,5\n6,7\n"))],
+                                     "line 1: 'abc' is not a number (a header line may hold no numbers)"),
+    "huge magnitudes": (lambda t, g: ["eval", str(_npy(t / "x.npy", 1e200 * np.random.default_rng(0).normal(size=(50, 2)))),
+                                      "--estimator", "kde"], "values reach magnitude"),
+    "tiny magnitudes": (lambda t, g: ["eval", str(_npy(t / "x.npy", 1e-200 * np.random.default_rng(0).normal(size=(50, 2)))),
+                                      "--estimator", "kde"], "whose squares leave float64"),
+    "overflowing bandwidth": (lambda t, g: ["eval", str(g), "--estimator", "kde", "--bandwidth", "1e300"],
+                              "left float64's range"),
+    "missing train config": (lambda t, g: ["train", "--config", str(t / "missing.json")], "missing.json"),
+    "diverging langevin": (lambda t, g: ["--quiet", "sample", str(g), "--estimator", "kde", "--method", "langevin", "--step-size",
+                                         "100", "--steps", "200", "-n", "20", "--no-plot", "--out", str(t / "o.npy")],
+                           "diverged"),
 }
 
 
@@ -158,7 +171,12 @@ def test_bad_input_gives_one_line_and_exit_code_2(capsys, tmp_path, gaussian_fil
 @pytest.mark.parametrize("argv, fragment", [
     (["eval", "s.npy", "--bandwidth", "wide"], "--bandwidth: expected one of scott"),
     (["eval", "s.npy", "--bandwidth", "-1"], "finite positive number"),
-    (["sample", "s.npy", "-n", "0"], "positive integer, got '0'"),
+    (["sample", "s.npy", "-n", "0"], "positive integer (1 to 2147483647), got '0'"),
+    (["sample", "s.npy", "-n", "99999999999999999999"], "positive integer (1 to 2147483647)"),
+    (["sample", "s.npy", "--seed", "99999999999999999999"], "--seed: expected a seed from 0 to"),
+    (["sample", "s.npy", "--seed", "-1"], "--seed: expected a seed from 0 to"),
+    (["demo", "--seed", "1.5"], "--seed: expected a non-negative integer seed"),
+    (["eval", "s.npy", "--adapt", "-1"], "non-negative integer"),
     (["demo", "--steps", "two"], "expected a positive integer, got 'two'"),
     (["sample", "s.npy", "--method", "euler-maruyama"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
