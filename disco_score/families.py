@@ -333,17 +333,24 @@ class TanhWarp(WarpLayer):
             xd = x.detach()
             lo, hi = xd - self.a.abs(), xd + self.a.abs()
             u = (xd - self.a * torch.tanh(self.b * xd + self.c)).clamp(lo, hi)
+            f_prev = torch.full_like(u, math.inf)
+            last_newton = torch.zeros_like(u, dtype=torch.bool)
+            done = torch.zeros_like(u, dtype=torch.bool)
             for _ in range(200):
                 f = u + self.a * torch.tanh(self.b * u + self.c) - xd
                 lo, hi = torch.where(f < 0, u, lo), torch.where(f > 0, u, hi)
                 step = u - f / self._derivative(u)
-                inside = (step >= lo) & (step <= hi)
-                new = torch.where(inside, step, 0.5 * (lo + hi))
-                # Newton converges quadratically: after a step below 1e-13 the error is at round-off
-                # (a tighter test would chase round-off oscillations of a few ulp).
-                done = bool(((new - u).abs() <= 1e-13 * (1 + u.abs())).all())
+                # Bisect where Newton leaves the bracket, or where the last Newton step failed to halve
+                # the residual: plain bracketed Newton can cycle on tanh-like maps, and this rule allows
+                # at most one Newton step between bisections there, while keeping quadratic convergence.
+                newton = (step >= lo) & (step <= hi) & (~last_newton | (f.abs() <= 0.5 * f_prev))
+                new = torch.where(done, u, torch.where(newton, step, 0.5 * (lo + hi)))
+                f_prev, last_newton = f.abs(), newton
+                # Converged entries are frozen: after a step below 1e-13 the error is at round-off
+                # (quadratic convergence), and further steps would only chase round-off residuals.
+                done = done | ((new - u).abs() <= 1e-13 * (1 + u.abs()))
                 u = new
-                if done:
+                if bool(done.all()):
                     break
         # One Newton step from the detached root: equal to it at round-off, with gradient 1 / T'(u).
         u = u - (u + self.a * torch.tanh(self.b * u + self.c) - x) / self._derivative(u)

@@ -5,7 +5,9 @@ methods map points (*B, m, d) to log-densities (*B, m) and scores (*B, m, d). An
 is also an :class:`~disco_score.base.Oracle`, so samplers can be driven by the exact score.
 
 :func:`random_gmm` draws from the benchmark protocol's random Gaussian-mixture prior
-(``../shared/docs/benchmark-protocol.md``), which is also the training prior.
+(``../shared/docs/benchmark-protocol.md``), which is also the training prior. The wider families
+(Student-t mixtures, shells, warped targets) and the wider prior's draws live in
+:mod:`disco_score.families` and are re-exported here.
 """
 
 from __future__ import annotations
