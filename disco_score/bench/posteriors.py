@@ -194,7 +194,8 @@ class PoissonLinnerud(_GLM):
     """Poisson regression of chin-ups (counts 1..17) on scikit-learn's Linnerud data (20 middle-aged men):
     ``Chins_i ~ Poisson(exp(a + x_i b))`` with the 5 standardised :data:`LINNERUD_FEATURES`;
     ``theta = (a, b_1..b_5)``, d = 6. Prior: intercept N(0, 2.5^2), slopes N(0, 1). Twenty points and
-    six parameters: the prior matters and the posterior is visibly non-Gaussian."""
+    six parameters: the prior matters; the posterior is close to Gaussian (marginal |skew| < 0.1)
+    but correlated."""
 
     name = "poisson_linnerud"
 
@@ -238,7 +239,9 @@ class EightSchoolsNoncentred(Posterior):
     ``y_j ~ N(mu + tau eta_j, sigma_j^2)``; ``theta = (mu, log tau, eta_1..eta_8)``, d = 10.
 
     The density is on ``log tau`` (NumPyro's unconstraining map for a positive site), so it includes the
-    log-Jacobian ``log tau``. Its left tail in ``log tau`` is long (tau near 0 is plausible).
+    log-Jacobian ``log tau``. Its left tail in ``log tau`` is long (tau near 0 is plausible): the
+    cached draws' ``log tau`` marginal has skewness -1.4 and excess kurtosis 3.7, where the two
+    regressions' marginals are near Gaussian (|skew| < 0.15).
     """
 
     name = "eight_schools_noncentred"
