@@ -6,7 +6,8 @@ JAX cannot trace into torch, so the JAX side calls the oracle on the host throug
 tangent is ``score(x) . t`` (the score comes from the same host call as the value). The result
 works under ``jit``, ``grad`` and ``vmap``; under ``vmap`` the whole batch of chains goes to torch
 in one call (``vmap_method="broadcast_all"``). Arrays are handed over in JAX's dtype: float32 by
-default, float64 when ``jax_enable_x64`` is on.
+default, float64 when ``jax_enable_x64`` is on; float16/bfloat16 positions are computed in float32
+and the results returned in their dtype; complex positions raise ``TypeError`` before any callback.
 
 Errors: a non-finite position (a diverged chain, a NaN initial value) or a non-finite oracle
 output raises ``ValueError`` inside the callback. Called eagerly you get that ``ValueError``;
@@ -100,6 +101,32 @@ def check_positions(points: Any, what: str) -> None:
                          f"diverged or was initialised at a non-finite point")
 
 
+def check_chain_range(distance: Any, radius: Any, step: Any, step_size: Any, what: str) -> None:
+    """Host side of the Langevin kernels' divergence check (numpy in; also called from JAX).
+
+    ``distance``: each chain's distance from its start; ``radius``: how far its drift and noise
+    can have carried a healthy chain by ``step`` (see :class:`disco_score.samplers.DivergenceGuard`).
+    Raises :class:`~disco_score.samplers.ChainDiverged` when a chain is non-finite or beyond
+    ``DIVERGENCE_FACTOR`` times that radius.
+    """
+    from disco_score import samplers
+
+    distance = np.asarray(distance, dtype=np.float64).reshape(-1)
+    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64).reshape(-1), distance.shape)
+    step = int(np.max(np.asarray(step))) if np.size(step) else 0
+    step_size = float(np.max(np.asarray(step_size, dtype=np.float64)))
+    if not np.isfinite(distance).all():
+        raise samplers.ChainDiverged(f"{what}, step {step}: {int((~np.isfinite(distance)).sum())} chain(s) "
+                                     f"diverged (non-finite positions); step_size={step_size:.3g} is too "
+                                     f"large; reduce it")
+    far = distance > samplers.DIVERGENCE_FACTOR * np.maximum(radius, 1e-300)
+    if far.any():
+        raise samplers.ChainDiverged(
+            f"{what}, step {step}: {int(far.sum())} chain(s) diverged: {float(distance.max()):.3g} from the "
+            f"start, beyond {samplers.DIVERGENCE_FACTOR:.0e} x the range drift and noise allow "
+            f"({float(radius[far].max()):.3g}); step_size={step_size:.3g} is too large; reduce it")
+
+
 def check_oracle_output(value: Any, what: str) -> None:
     """Raise ValueError if an oracle output (numpy, or a detached CPU tensor) is not finite."""
     finite = np.isfinite(np.asarray(value))
@@ -163,12 +190,21 @@ class JaxOracle:
 
         def as_positions(x: Any) -> Any:
             x = jnp.asarray(x)
+            if jnp.issubdtype(x.dtype, jnp.complexfloating):
+                # refused here, before the host callback, where it would surface as an opaque
+                # JaxRuntimeError: log-densities of complex points are not defined
+                raise TypeError(f"positions must be real; got dtype {x.dtype}")
             if not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.result_type(float))
             if x.ndim == 0 or x.shape[-1] != dim:
                 raise ValueError(f"positions must have shape (..., {dim}) for this {dim}-dimensional "
                                  f"oracle; got shape {tuple(x.shape)}")
             return x
+
+        def compute_dtype(x: Any) -> Any:
+            """float16/bfloat16 are computed in float32 (torch refuses them and numpy has no
+            bfloat16); the caller's dtype is restored on the way out."""
+            return x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
 
         def shapes(x: Any, with_score: bool) -> Any:
             value = jax.ShapeDtypeStruct(x.shape[:-1], x.dtype)
@@ -185,15 +221,19 @@ class JaxOracle:
             return log_p, jnp.sum(score * t, axis=-1)
 
         def log_density(x: Any) -> Any:
-            return _log_density(as_positions(x))
+            x = as_positions(x)
+            return _log_density(compute_dtype(x)).astype(x.dtype)
 
         def score(x: Any) -> Any:
             x = as_positions(x)
-            return jax.pure_callback(host_score, shapes(x, True)[1], x, vmap_method="broadcast_all")
+            y = compute_dtype(x)
+            return jax.pure_callback(host_score, shapes(y, True)[1], y, vmap_method="broadcast_all").astype(x.dtype)
 
         def log_density_and_score(x: Any) -> tuple[Any, Any]:
             x = as_positions(x)
-            return jax.pure_callback(host_both, shapes(x, True), x, vmap_method="broadcast_all")
+            y = compute_dtype(x)
+            log_p, s = jax.pure_callback(host_both, shapes(y, True), y, vmap_method="broadcast_all")
+            return log_p.astype(x.dtype), s.astype(x.dtype)
 
         self.log_density: Callable[[Any], Any] = log_density
         self.score: Callable[[Any], Any] = score

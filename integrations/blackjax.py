@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from disco_score._checks import ArrayLike, check_positive
@@ -38,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 from blackjax.base import SamplingAlgorithm  # noqa: E402
 from blackjax.util import generate_gaussian_noise  # noqa: E402
 
-from ._jax_bridge import jax_oracle, oracle_from  # noqa: E402
+from ._jax_bridge import check_chain_range, jax_oracle, oracle_from  # noqa: E402
 
 __all__ = ["logdensity_fn", "score_fn", "LangevinState", "LangevinInfo", "init", "build_kernel",
            "unadjusted_langevin"]
@@ -68,10 +69,15 @@ class LangevinState(NamedTuple):
     position: the chain position (a pytree; for an oracle, a (d,) array).
     score: the score ``grad log p`` at ``position`` (same structure), kept so each step costs one
         score evaluation.
+    origin, origin_score_norm, step: where the chain started, the score norm there and the steps
+        taken -- the divergence check's reference (:func:`init` sets them; None turns it off).
     """
 
     position: Any
     score: Any
+    origin: Any = None
+    origin_score_norm: Any = None
+    step: Any = None
 
 
 class LangevinInfo(NamedTuple):
@@ -81,16 +87,25 @@ class LangevinInfo(NamedTuple):
     score_norm: Any
 
 
+def _norm(tree: Any) -> Any:
+    return jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(tree)))
+
+
 def init(position: Any, score_fn: Callable[[Any], Any]) -> LangevinState:
-    """Initial state at ``position``."""
-    return LangevinState(position, score_fn(position))
+    """Initial state at ``position`` (also the divergence check's reference point)."""
+    score = score_fn(position)
+    return LangevinState(position, score, position, _norm(score), jnp.zeros((), jnp.int32))
 
 
 def build_kernel() -> Callable[..., tuple[LangevinState, LangevinInfo]]:
     """The unadjusted Langevin transition
     ``x' = x + step_size * score(x) + sqrt(2 step_size) * xi``, ``xi ~ N(0, I)``.
 
-    Returns ``kernel(rng_key, state, score_fn, step_size) -> (state, info)``.
+    Returns ``kernel(rng_key, state, score_fn, step_size) -> (state, info)``. A chain that leaves
+    the range its drift and noise allow from ``state.origin`` (``DIVERGENCE_FACTOR`` times ``k tau
+    |s(x0)| + sqrt(2 k tau D)``, see :class:`disco_score.samplers.DivergenceGuard`) or the finite
+    numbers raises :class:`~disco_score.samplers.ChainDiverged` -- under ``jit`` as a
+    ``JaxRuntimeError`` carrying its message -- instead of returning huge positions.
     """
 
     def kernel(rng_key: Any, state: LangevinState, score_fn: Callable[[Any], Any], step_size: float
@@ -99,8 +114,16 @@ def build_kernel() -> Callable[..., tuple[LangevinState, LangevinInfo]]:
         position = jax.tree.map(lambda x, s, z: x + step_size * s + jnp.sqrt(2.0 * step_size) * z,
                                 state.position, state.score, noise)
         score = score_fn(position)
-        norm = jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(score)))
-        return LangevinState(position, score), LangevinInfo(norm)
+        norm = _norm(score)
+        if state.origin is None:
+            return LangevinState(position, score), LangevinInfo(norm)
+        step = state.step + 1
+        size = sum(leaf.size for leaf in jax.tree.leaves(position))
+        distance = _norm(jax.tree.map(lambda x, x0: x - x0, position, state.origin))
+        radius = step * step_size * state.origin_score_norm + jnp.sqrt(2.0 * step_size * step * size)
+        jax.debug.callback(partial(check_chain_range, what="unadjusted_langevin"), distance, radius, step,
+                           jnp.asarray(step_size))
+        return LangevinState(position, score, state.origin, state.origin_score_norm, step), LangevinInfo(norm)
 
     return kernel
 

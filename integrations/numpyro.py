@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ from numpyro.infer.mcmc import MCMCKernel  # noqa: E402
 from numpyro.infer.util import ParamInfo, initialize_model  # noqa: E402
 from numpyro.util import identity, is_prng_key  # noqa: E402
 
-from ._jax_bridge import JaxOracle, fitted_oracle, jax_oracle, oracle_from  # noqa: E402
+from ._jax_bridge import JaxOracle, check_chain_range, fitted_oracle, jax_oracle, oracle_from  # noqa: E402
 
 __all__ = ["EmpiricalDistribution", "potential_fn", "Langevin", "LangevinState"]
 
@@ -147,9 +148,12 @@ def potential_fn(oracle: Oracle | Estimator | None, samples: ArrayLike | None = 
     return lambda x: -log_density(x)
 
 
-LangevinState = namedtuple("LangevinState", ["i", "z", "potential_energy", "z_grad", "rng_key"])
+LangevinState = namedtuple("LangevinState", ["i", "z", "potential_energy", "z_grad", "rng_key", "z_start",
+                                             "grad_start_norm"])
 """State of :class:`Langevin`: iteration ``i``; ``z`` the unconstrained sample (a pytree);
-``potential_energy`` and its gradient ``z_grad`` at ``z``; ``rng_key``."""
+``potential_energy`` and its gradient ``z_grad`` at ``z``; ``rng_key``; ``z_start`` (flat) and
+``grad_start_norm``, where the chain started and the gradient norm there (the divergence check's
+reference)."""
 
 
 class Langevin(MCMCKernel):
@@ -223,7 +227,8 @@ class Langevin(MCMCKernel):
 
         def init_one(z: Any, key: Any) -> LangevinState:
             pe, grad = jax.value_and_grad(potential)(z)
-            return LangevinState(jnp.array(0), z, pe, grad, key)
+            return LangevinState(jnp.array(0), z, pe, grad, key, ravel_pytree(z)[0],
+                                 jnp.linalg.norm(ravel_pytree(grad)[0]))
 
         return jax.vmap(init_one)(z, rng_key) if self._vectorized else init_one(z, rng_key)
 
@@ -247,9 +252,16 @@ class Langevin(MCMCKernel):
             grad_flat, _ = ravel_pytree(state.z_grad)
             key, key_noise = jax.random.split(state.rng_key)
             noise = jax.random.normal(key_noise, z_flat.shape, z_flat.dtype)
-            z_new = unravel(z_flat - step_size * grad_flat + jnp.sqrt(2.0 * step_size) * noise)
+            z_new_flat = z_flat - step_size * grad_flat + jnp.sqrt(2.0 * step_size) * noise
+            # A step too large for the potential's curvature grows |z| geometrically: stop it with
+            # ChainDiverged (as a JaxRuntimeError under jit) instead of returning huge samples.
+            step = state.i + 1
+            radius = step * step_size * state.grad_start_norm + jnp.sqrt(2.0 * step_size * step * z_flat.size)
+            jax.debug.callback(partial(check_chain_range, what="numpyro Langevin"),
+                               jnp.linalg.norm(z_new_flat - state.z_start), radius, step, step_size)
+            z_new = unravel(z_new_flat)
             pe, grad = jax.value_and_grad(potential)(z_new)
-            return LangevinState(state.i + 1, z_new, pe, grad, key)
+            return LangevinState(step, z_new, pe, grad, key, state.z_start, state.grad_start_norm)
 
         return jax.vmap(step_one)(state) if self._vectorized else step_one(state)
 

@@ -29,6 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from disco_score._checks import ArrayLike, check_positive
 from disco_score.base import Estimator, Oracle
+from disco_score.samplers import ChainDiverged, DivergenceGuard
 
 from . import require
 from ._jax_bridge import check_oracle_output, check_positions, fitted_oracle, oracle_from
@@ -80,6 +81,8 @@ def oracle_log_prob(oracle: Oracle, value: torch.Tensor) -> torch.Tensor:
     if value.ndim == 0 or value.shape[-1] != oracle.dim:
         raise ValueError(f"value must have shape (..., {oracle.dim}); got {tuple(value.shape)}")
     points = value.reshape(-1, oracle.dim)
+    if points.shape[0] == 0:  # an empty batch: an empty result, still attached to the graph
+        return (value * 0).sum(-1)
     check_positions(points.detach().cpu(), "log-density")
     return _OracleLogDensity.apply(points, oracle).reshape(value.shape[:-1])
 
@@ -121,7 +124,7 @@ class EmpiricalDistribution(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Pyro's ``log_prob``: the oracle's log-density (nats), (..., d) -> (...) in ``value``'s dtype;
         its backward gives the oracle's score (:func:`oracle_log_prob`)."""
-        if self._validate_args:
+        if self._validate_args and value.numel():  # torch's support check cannot reshape an empty batch
             self._validate_sample(value)
         return oracle_log_prob(self.oracle, value)
 
@@ -160,13 +163,20 @@ def potential_fn(oracle: Oracle | Estimator | None, samples: ArrayLike | None = 
     return potential
 
 
+def _flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(1, D) float64 concatenation of a params dict's tensors (sorted by site name)."""
+    return torch.cat([params[k].detach().reshape(-1).to(torch.float64) for k in sorted(params)])[None]
+
+
 class Langevin(MCMCKernel):
     """Unadjusted Langevin: ``z' = z - step_size * grad U(z) + sqrt(2 step_size) * xi``.
 
     Pyro's kernel interface, with the same model handling as :class:`pyro.infer.HMC`
     (unconstrained space via ``transforms``, ``init_strategy``, ``jit_compile``). Gradient only --
     for a disco-score prior, its score -- and no accept/reject step, so samples carry an
-    ``O(step_size)`` bias and warmup is plain burn-in.
+    ``O(step_size)`` bias and warmup is plain burn-in. A step too large for the potential raises
+    :class:`~disco_score.samplers.ChainDiverged` once the chain runs off
+    (:class:`~disco_score.samplers.DivergenceGuard`, referenced to the starting point).
 
     Args:
         model: a Pyro model (exactly one of ``model`` / ``potential_fn``).
@@ -197,6 +207,7 @@ class Langevin(MCMCKernel):
         self._warmup_steps = 0
         self._z_grads: dict[str, torch.Tensor] | None = None
         self._potential_energy = math.nan
+        self._guard: DivergenceGuard | None = None
 
     @property
     def initial_params(self) -> dict[str, torch.Tensor] | None:
@@ -226,7 +237,11 @@ class Langevin(MCMCKernel):
             self._initial_params = init_params
         if not self._initial_params:
             raise ValueError("Langevin needs initial_params when built from potential_fn")
-        self._gradient_at({k: v.detach() for k, v in self._initial_params.items()})
+        start = {k: v.detach() for k, v in self._initial_params.items()}
+        self._gradient_at(start)
+        assert self._z_grads is not None
+        self._guard = DivergenceGuard(_flat(start), None, _flat(self._z_grads),
+                                      f"step_size={self.step_size:.3g} is too large; reduce it")
 
     def _gradient_at(self, z: dict[str, torch.Tensor]) -> None:
         self._z_grads, potential_energy = potential_grad(self.potential_fn, z)
@@ -247,6 +262,12 @@ class Langevin(MCMCKernel):
         z = {name: (value.detach() - self.step_size * self._z_grads[name]
                     + noise_scale * torch.randn_like(value))
              for name, value in params.items()}
+        if self._guard is not None:
+            self._guard.advance(self.step_size, 2.0 * self.step_size)
+            try:
+                self._guard.check(_flat(z))
+            except ChainDiverged as exc:
+                raise ChainDiverged(f"pyro Langevin, step {self._t + 1}: {exc}") from None
         self._gradient_at(z)
         self._t += 1
         return z.copy()
