@@ -30,7 +30,6 @@ def _spd(k: int, d: int, gen: torch.Generator, floor: float = 0.2) -> torch.Tens
 
 def _tmix(d: int, seed: int = 0, k: int = 3) -> StudentTMixture:
     gen = _gen(seed)
-    w = torch.distributions.Dirichlet(torch.ones(k, dtype=F64)).sample() if k > 1 else torch.ones(1, dtype=F64)
     w = torch.rand(k, generator=gen, dtype=F64) + 0.2
     return StudentTMixture(w / w.sum(), 2.0 * torch.randn(k, d, generator=gen, dtype=F64),
                            torch.tensor([1.5, 4.0, 25.0][:k], dtype=F64), scales=_spd(k, d, gen))
