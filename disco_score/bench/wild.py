@@ -183,12 +183,12 @@ def w2_problem(family: str, d: int, n: int, index: int, seed: int, m: int = N_QU
 
 def w3_problem(name: str, n: int, m: int = N_QUERIES) -> WildProblem:
     """Posterior ``name``: the first n cached NUTS draws as samples, the last m as queries."""
-    from .posteriors import POSTERIORS, load_posterior_draws
+    from .posteriors import get_posterior, load_posterior_draws
 
     draws = torch.as_tensor(load_posterior_draws(name), dtype=torch.float64)
     if draws.shape[0] < n + m:
         raise ValueError(f"posterior {name!r} has {draws.shape[0]} cached draws; {n} + {m} needed")
-    posterior = POSTERIORS[name]
+    posterior = get_posterior(name)
     queries = draws[-m:]
     log_p = posterior.log_density_unnormalised(queries).detach()
     return WildProblem("W3", name, draws[:n], queries, log_p, posterior.score(queries).detach())
@@ -328,19 +328,19 @@ class WildCell:
 
 def wild_cells(quick: bool) -> list[WildCell]:
     """Every W1/W2/W3 accuracy cell (``quick``: one or two per protocol at the smallest n)."""
-    from .posteriors import POSTERIORS
+    from .posteriors import POSTERIORS, get_posterior
     from .toys import TOY_SETS
 
     if quick:
         toys, fams, posts = list(TOY_SETS)[:2], ["banana"], list(POSTERIORS)[:1]
         return ([WildCell("W1", t, 500) for t in toys]
                 + [WildCell("W2", f"{f} d=2", 512, 1, 2) for f in fams]
-                + [WildCell("W3", p, 512, d=POSTERIORS[p].dim) for p in posts])
+                + [WildCell("W3", p, 512, d=get_posterior(p).dim) for p in posts])
     cells = [WildCell("W1", t, n) for n in W1_SIZES for t in TOY_SETS]
     for n in W2_SIZES:
         for family, (dims, _) in _families().items():
             cells += [WildCell("W2", f"{family} d={d}", n, 2, d) for d in dims]
-    cells += [WildCell("W3", p, n, d=POSTERIORS[p].dim) for n in W3_SIZES for p in POSTERIORS]
+    cells += [WildCell("W3", p, n, d=get_posterior(p).dim) for n in W3_SIZES for p in POSTERIORS]
     return cells
 
 
