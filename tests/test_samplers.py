@@ -284,3 +284,117 @@ def test_divergence_is_reported_not_returned_as_nan() -> None:
     with pytest.raises(samplers.ChainDiverged, match=r"langevin, step \d+: .*diverged.*step_size=50 .*reduce it"):
         samplers.langevin(target, torch.ones(4, 2, dtype=torch.float64), step_size=50.0, n_steps=400,
                           progress=False)
+
+
+# -- reliability: divergence, helper validation, host habits ---------------------------------------
+
+def test_annealed_langevin_with_too_large_a_step_raises_chain_diverged() -> None:
+    data = torch.randn(400, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(samplers.ChainDiverged, match=r"annealed langevin, step \d+: .*diverged.*eps=10 .*reduce eps"):
+        samplers.annealed_langevin(KDE(), data, 50, eps=10.0, generator=torch.Generator().manual_seed(0),
+                                   progress=False)
+    from disco_score import ChainDiverged
+
+    assert ChainDiverged is samplers.ChainDiverged and issubclass(ChainDiverged, RuntimeError)
+
+
+def test_divergence_guard_never_fires_on_healthy_heavy_tailed_chains() -> None:
+    """Cauchy chains wander far (the drift vanishes out there) and a far-off target pulls chains a
+    long way from their start: neither is a divergence."""
+    from disco_score.targets import ProductStudentT
+
+    cauchy = ProductStudentT(2, df=1.0)
+    gen = torch.Generator().manual_seed(0)
+    x, _ = samplers.langevin(cauchy, torch.zeros(200, 2, dtype=torch.float64), step_size=0.5, n_steps=1000,
+                             generator=gen, progress=False)
+    assert bool(torch.isfinite(x).all())
+    x, info = samplers.mala(cauchy, torch.zeros(100, 2, dtype=torch.float64), step_size=2.0, n_steps=500,
+                            generator=gen, progress=False)
+    assert info.acceptance_rate > 0.3
+    data = cauchy.sample(1000, gen)
+    for run in (samplers.annealed_langevin, samplers.reverse_diffusion):
+        out, _ = run(KDE(), data, 100, generator=gen, progress=False)
+        assert bool(torch.isfinite(out).all())
+    far = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.full((1, 2), 1e6, dtype=torch.float64),
+                          torch.eye(2, dtype=torch.float64)[None])
+    x, _ = samplers.langevin(far, torch.zeros(10, 2, dtype=torch.float64), step_size=0.01, n_steps=1500,
+                             generator=gen, progress=False)
+    assert float((x - 1e6).abs().max()) < 10
+
+
+def test_low_mala_acceptance_is_a_visible_warning() -> None:
+    target = correlated_gaussian()
+    with pytest.warns(samplers.LowAcceptanceWarning, match="acceptance rate .* reduce step_size"):
+        samplers.mala(target, torch.zeros(20, 2, dtype=torch.float64), step_size=30.0, n_steps=20,
+                      generator=torch.Generator().manual_seed(0), progress=False)
+
+
+def test_step_functions_take_the_generator_first_and_validate() -> None:
+    target = correlated_gaussian()
+    x0 = torch.zeros(5, 2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    state = samplers.langevin_init(x0, target)
+    new, info = samplers.langevin_step(gen, state, target, 0.1)
+    assert new.position.shape == (5, 2) and bool(torch.isfinite(info.mean_squared_score))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        samplers.langevin_step(state, target, 0.1, gen)  # the old argument order
+    with pytest.raises(TypeError, match="state must be a LangevinState.*generator first"):
+        samplers.langevin_step(None, gen, target, 0.1)
+    with pytest.raises(TypeError, match="state must be a MALAState"):
+        samplers.mala_step(gen, state, target, 0.1)
+    with pytest.raises(ValueError, match="step_size must be a finite positive"):
+        samplers.mala_step(gen, samplers.mala_init(x0, target), target, -1.0)
+    with pytest.raises(TypeError, match="oracle must be a fitted Oracle"):
+        samplers.langevin_step(gen, state, "kde", 0.1)
+    with pytest.raises(ValueError, match=r"position must have shape \(m, 2\)"):
+        samplers.langevin_init(torch.zeros(5, 3, dtype=torch.float64), target)
+    with pytest.raises(samplers.ChainDiverged, match="non-finite"):
+        samplers.mala_init(torch.full((2, 2), math.nan, dtype=torch.float64), target)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        samplers.langevin_init(torch.zeros(2, 2, dtype=torch.float16), target)
+    with pytest.raises(ValueError, match="sigma must be a finite non-negative"):
+        samplers.tweedie_denoise(x0, target, -1.0)
+    with pytest.raises(TypeError, match="step must be callable"):
+        samplers.run_chain(None, state, 3)
+    schedule = samplers.ncsn_schedule(target, samplers.geometric_noise_levels(2.0, 0.5, 3), 2, 0.01)
+    with pytest.raises(ValueError, match="method must be"):
+        samplers.reverse_diffusion_step(gen, samplers.annealed_init(x0), schedule, "heun")
+    with pytest.raises(TypeError, match="schedule must be a AnnealingSchedule"):
+        samplers.annealed_langevin_step(gen, samplers.annealed_init(x0), target)
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: samplers.default_n_levels(0.0, 1.0, 2), ValueError, "sigma_max must be a finite positive"),
+    (lambda: samplers.default_n_levels(1.0, 2.0, 2), ValueError, "sigma_min .* must not exceed sigma_max"),
+    (lambda: samplers.default_n_levels(2.0, 1.0, 0), ValueError, "dim must be at least 1"),
+    (lambda: samplers.default_n_levels(2.0, 1.0, 2.5), TypeError, "dim must be an integer"),
+    (lambda: samplers.ncsn_relative_step(0.5, 10), ValueError, "gamma .* at least 1"),
+    (lambda: samplers.ncsn_relative_step(math.nan, 10), ValueError, "gamma must be a finite positive"),
+    (lambda: samplers.ncsn_relative_step(1.2, 0), ValueError, "steps_per_level must be at least 1"),
+    (lambda: samplers.langevin_init(torch.zeros(2, 2), None), TypeError, "oracle must be a fitted Oracle"),
+])
+def test_sampler_helpers_validate_their_arguments(call, error, fragment) -> None:
+    with pytest.raises(error, match=fragment):
+        call()
+
+
+@pytest.mark.parametrize("run", [samplers.langevin, samplers.mala])
+def test_empty_start_raises_value_error_not_nan_diagnostics(run) -> None:
+    with pytest.raises(ValueError, match=r"x0 has no chains \(shape \(0, 2\)\)"):
+        run(correlated_gaussian(), torch.zeros(0, 2, dtype=torch.float64), n_steps=3, progress=False)
+
+
+@pytest.mark.parametrize("run", [samplers.langevin, samplers.mala])
+def test_inputs_that_require_grad_or_are_not_contiguous(run) -> None:
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    oracle = KDE().fit(data)
+    wide = torch.randn(10, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for x0 in (data[:10].clone().requires_grad_(True), wide[:, ::2], data[:20].T.contiguous().T[:10]):
+        out, info = run(oracle, x0, step_size=0.05, n_steps=10, generator=torch.Generator().manual_seed(2),
+                        progress=False)
+        assert out.shape == (10, 2) and out.dtype == torch.float64 and not out.requires_grad
+        assert bool(torch.isfinite(out).all())
+    samples, _ = samplers.annealed_langevin(KDE(), data.clone().requires_grad_(True), 20, n_levels=3,
+                                            steps_per_level=2, generator=torch.Generator().manual_seed(3),
+                                            progress=False)
+    assert samples.shape == (20, 2) and not samples.requires_grad
