@@ -12,6 +12,13 @@ with an exact, normalised log-density, an exact score and an exact sampler, comp
 :func:`random_prior_target` draws a random member of a random family (the protocol's GMM prior,
 :func:`~disco_score.targets.random_gmm`, is one of the families); :func:`random_wide_mixture`,
 :func:`random_warped` and :func:`random_shell` draw from one family each.
+
+>>> import torch
+>>> from disco_score.families import random_prior_target
+>>> target = random_prior_target(3, torch.Generator().manual_seed(0))
+>>> x = target.sample(5, torch.Generator().manual_seed(1))
+>>> tuple(target.log_density(x).shape), tuple(target.score(x).shape)
+((5,), (5, 3))
 """
 
 from __future__ import annotations
