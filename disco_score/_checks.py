@@ -144,3 +144,17 @@ def check_int(value: int, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
+
+
+#: the largest magnitude whose square (a variance, a kernel covariance) float64 still holds, with
+#: room for sums over dimensions and samples
+MAX_SQUARABLE = 1e150
+
+
+def check_squarable(value: float, name: str) -> float:
+    """A finite number small enough that ``value ** 2`` (and sums of such) stays in float64's range."""
+    value = float(value)
+    if not abs(value) <= MAX_SQUARABLE:
+        raise ValueError(f"{name} = {value:g} is too large: its square overflows float64 "
+                         f"(at most {MAX_SQUARABLE:g}; rescale the data)")
+    return value

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ._checks import ArrayLike, as_samples, check_int, check_positive
+from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
 from .kde import KDEOracle
-from .model import DensityNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
+from .model import DensityNet, DiScoFormerNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
 from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ SPLIT_MIN_DIM = 5
 #: network alone does worse than on the whole set (d = 10, n = 256 cut into ~60-point parts:
 #: 50 % against 23 %; 192 was the best of 32 … 512 at n = 1024 … 4096; session 10)
 MIN_COMPONENT_SIZE = 192
+#: queries further than this from the samples' mean (in whitened units, i.e. data standard
+#: deviations) are refused: the network's float32 Gram features of its curvature channels
+#: (~ radius^6) overflow beyond ~1e6
+MAX_WHITENED_RADIUS = 1e6
+#: the largest learning rate ``adapt`` accepts: its parameters are log-bandwidths and gate
+#: biases, which a step above 1 throws out of the range the network was trained on
+MAX_ADAPT_LR = 1.0
 
 
 def _sha256(path: Path) -> str:
@@ -89,7 +96,9 @@ def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, veri
         if digest != card["sha256"]:
             raise RuntimeError(f"checksum mismatch for {path}: file has {digest}, "
                                f"{card_path.name} records {card['sha256']}; the weights are corrupt or stale")
-    net = build_net(ModelConfig(**card["model_config"]))
+    # float32 explicitly: a network built under another default dtype (torch.set_default_dtype)
+    # would otherwise keep float64 parameters and meet float32 queries
+    net = build_net(ModelConfig(**card["model_config"])).to(torch.float32)
     net.load_state_dict(load_file(str(path)))
     net.eval()
     for p in net.parameters():
@@ -189,8 +198,14 @@ class DiScoFormer(Estimator):
                  split_min_dim: int = SPLIT_MIN_DIM, split_gate: float = SPLIT_GATE,
                  max_components: int = 8, min_component_size: int = MIN_COMPONENT_SIZE,
                  reassign: bool = True, envelopes: bool = True) -> None:
+        if net is not None and not isinstance(net, (DiScoFormerNet, SetTransformerNet)):
+            raise ValueError(f"net must be a DiScoFormerNet or SetTransformerNet (or None for the packaged "
+                             f"weights); got {type(net).__name__}")
         if specialists is None:
             specialists = load_specialists() if net is None else ()
+        specialists = tuple(specialists)
+        if not all(isinstance(sp, Specialist) for sp in specialists):
+            raise ValueError("specialists must be a sequence of Specialist")
         self.net = net if net is not None else load_weights()[0]
         dims = [sp.dim for sp in specialists]
         if len(set(dims)) != len(dims):
@@ -245,9 +260,15 @@ class DiScoFormer(Estimator):
         offsets = torch.tensor([sum(float(c.samples.shape[0]) * self._unimodal_level_offset(*c.samples.shape)
                                     for c in getattr(fit, "components", [fit])) / float(fit.samples.shape[0])
                                 for fit in fits], dtype=torch.float64, device=x.device)
+        # envelopes in units of a power of two near the data's scale: exact for ordinary data, and
+        # their covariances stay in float64's range for data near 1e200 or 1e-200
+        scale = 2.0 ** round(math.log2(_data_sd(x.to(torch.float64))))
+        log_scale = x.shape[1] * math.log(scale)
         envelopes = None if not self.envelopes else GaussianEnvelopes.from_parts(
-            components, [lambda q, fit=fit: fit._log_density_and_score(q, want_score=False)[0] for fit in fits])
-        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets, envelopes)
+            [part / scale for part in components],
+            [lambda q, fit=fit: fit._log_density_and_score(q * scale, want_score=False)[0] + log_scale
+             for fit in fits])
+        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets, envelopes, scale)
 
     def _fit_component(self, part: torch.Tensor, whitening: Whitening | None = None
                        ) -> "DiScoFormerOracle | DiScoFormerAverage":
@@ -343,6 +364,40 @@ class DiScoFormer(Estimator):
                 f"key_block={self.key_block}{dims})")
 
 
+def _data_sd(x: torch.Tensor) -> float:
+    """sqrt(trace(cov) / d) of float64 samples (n, d), scaled first so that data near 1e200 do not
+    overflow the variance."""
+    centred = x - x.mean(0)
+    scale = float(centred.abs().max())
+    if scale == 0:
+        return 0.0
+    return scale * math.sqrt(float((centred / scale).var(0).sum()) / x.shape[1])
+
+
+class _Convolution(KDEOracle):
+    """A DiScoFormer fit smoothed past its convolution threshold: the exact convolution of its
+    samples with N(0, sigma^2 I) (a KDE), which has no network to adapt."""
+
+    def adapt(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: call ``adapt`` on the unsmoothed fit, then smooth the adapted oracle."""
+        raise TypeError("adapt needs a network fit; this oracle is smoothed past the switch to the exact "
+                        "convolution of the samples (a KDE). Call adapt() on the unsmoothed fit, then smoothed()")
+
+    def with_convolution_threshold(self, threshold: float) -> Any:
+        """Refused, as :meth:`adapt`."""
+        raise TypeError("with_convolution_threshold needs a network fit; this oracle is already the exact "
+                        "convolution of the samples (call it on the unsmoothed fit)")
+
+    def _smoothed(self, sigma: float) -> "_Convolution":
+        k = super()._smoothed(sigma)  # smoothed again: still a convolution, still no adapt
+        return _Convolution(k.samples, k.kernel_covariance, k.bandwidth, k.log_weights)
+
+
+def _net_dtype(net: DensityNet) -> torch.dtype:
+    """The dtype of a network's parameters (what its inputs must be cast to)."""
+    return next(net.parameters()).dtype
+
+
 def _whitening_or_none(part: torch.Tensor) -> Whitening | None:
     """The whitening of a part (n, d), or None if it does not span all d dimensions (so it cannot
     be fitted on its own)."""
@@ -363,19 +418,38 @@ class DiScoFormerOracle(Oracle):
     def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, net: DensityNet,
                  whitening: Whitening | None = None) -> None:
         self.estimator = estimator
-        self.samples = samples
+        # own copy: validated samples may be views of the caller's array, and the oracle is immutable
+        self.samples = samples.clone()
         self.dim = int(samples.shape[1])
         self.compute_dtype = samples.dtype
         self.device = samples.device
         self.whitening = whitening if whitening is not None else Whitening.from_samples(samples)
         self._net = net
-        z = self.whitening.forward(samples.to(torch.float64)).to(torch.float32)[None]
+        z = self._whitened(self.samples)[None]
         with torch.no_grad():
             self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
         self._log_normalizer: float | None = None  # computed on the first log-density request
         self._convolution_threshold = (SMOOTHED_CONVOLUTION_THRESHOLD if estimator.convolution_threshold is None
                                        else estimator.convolution_threshold)
         self._freeze()
+
+    @property
+    def net_dtype(self) -> torch.dtype:
+        """The dtype the network computes in (its parameters'; float32 for the packaged weights)."""
+        return _net_dtype(self._net)
+
+    def _whitened(self, y: torch.Tensor) -> torch.Tensor:
+        """Points (m, d) -> whitened, in the network's dtype; ValueError for points so far from the
+        samples that the network's arithmetic would overflow."""
+        z = self.whitening.forward(y.to(torch.float64))
+        if z.shape[0]:
+            top = float(z.abs().max())  # bounds the radius within sqrt(d), without squaring 1e200s
+            if not top * math.sqrt(self.dim) <= MAX_WHITENED_RADIUS \
+                    and not float(z.norm(dim=1).max()) <= MAX_WHITENED_RADIUS:
+                raise ValueError(f"x has points more than {MAX_WHITENED_RADIUS:.0e} data standard deviations "
+                                 f"(Mahalanobis) from the samples' mean (up to {top:.3g} along an axis); beyond "
+                                 f"that DiScoFormer's {self.net_dtype} arithmetic overflows")
+        return z.to(self.net_dtype)
 
     def with_convolution_threshold(self, threshold: float) -> "DiScoFormerOracle":
         """The same fit (shared encoding, nothing recomputed) whose ``smoothed(sigma)`` switches to
@@ -391,8 +465,7 @@ class DiScoFormerOracle(Oracle):
         if self._log_normalizer is None:
             value = 0.0
             if self.estimator.normalize and self.dim <= 2:
-                z = self.whitening.forward(self.samples.to(torch.float64)).to(torch.float32)
-                value = self._grid_log_normalizer(z)
+                value = self._grid_log_normalizer(self._whitened(self.samples))
             object.__setattr__(self, "_log_normalizer", value)
         assert self._log_normalizer is not None
         return self._log_normalizer
@@ -401,7 +474,7 @@ class DiScoFormerOracle(Oracle):
         """Score at ``x`` (m, d) -> (m, d); skips the log-density normaliser (a constant)."""
         q = self._queries(x)
         with torch.no_grad():
-            z = self.whitening.forward(q.points.to(torch.float64)).to(torch.float32)
+            z = self._whitened(q.points)
             _, sc = self._query(z)
             score = self.whitening.score_out(sc.to(torch.float64))
         if not bool(torch.isfinite(score).all()):
@@ -411,11 +484,13 @@ class DiScoFormerOracle(Oracle):
     def _grid_log_normalizer(self, z: torch.Tensor) -> float:
         """log of the integral of the network's density over a grid covering the samples +- 4."""
         k = 1024 if self.dim == 1 else 96
-        axes = [torch.linspace(float(z[:, i].min()) - 4, float(z[:, i].max()) + 4, k) for i in range(self.dim)]
+        # float64 nodes on the samples' device, whatever the default dtype; the network gets its own dtype
+        axes = [torch.linspace(float(z[:, i].min()) - 4, float(z[:, i].max()) + 4, k, dtype=torch.float64,
+                               device=z.device) for i in range(self.dim)]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.dim)
         with torch.no_grad():
-            lp, _ = self._query(grid)
-        weights = [torch.full((k,), float(a[1] - a[0])) for a in axes]
+            lp, _ = self._query(grid.to(self.net_dtype))
+        weights = [torch.full((k,), float(a[1] - a[0]), dtype=torch.float64, device=z.device) for a in axes]
         for w in weights:  # trapezoid rule: half weight at the ends
             w[0] *= 0.5
             w[-1] *= 0.5
@@ -425,8 +500,10 @@ class DiScoFormerOracle(Oracle):
 
     def _query(self, y: torch.Tensor, net: DensityNet | None = None, grad: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whitened float32 queries (m, d) -> whitened (log-density (m,), score (m, d))."""
+        """Whitened queries (m, d) in the network's dtype -> whitened (log-density (m,), score (m, d))."""
         net = net or self._net
+        if y.shape[0] == 0:  # no queries: empty results (torch.cat of nothing would fail)
+            return y.new_zeros((0,)), y.new_zeros((0, y.shape[1]))
         outs_l, outs_s = [], []
         step = self.estimator.query_block
         with torch.set_grad_enabled(grad):
@@ -438,9 +515,10 @@ class DiScoFormerOracle(Oracle):
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = self.whitening.forward(y.to(torch.float64)).to(torch.float32)
+        z = self._whitened(y)
         lp, sc = self._query(z)
-        log_p = self.whitening.log_density_out(lp.to(torch.float64)) - self.log_normalizer
+        # (an empty query set needs no normaliser: skip its grid evaluation)
+        log_p = self.whitening.log_density_out(lp.to(torch.float64)) - (self.log_normalizer if y.shape[0] else 0.0)
         score = self.whitening.score_out(sc.to(torch.float64)) if want_score else None
         if not bool(torch.isfinite(log_p).all()) or (score is not None and not bool(torch.isfinite(score).all())):
             raise FloatingPointError("DiScoFormer produced non-finite values; the queries may be far outside "
@@ -462,13 +540,17 @@ class DiScoFormerOracle(Oracle):
         # at small sigma, which the network reads as tight clusters: 60 % error at d = 10.)
         n = self.samples.shape[0]
         x = self.samples.to(torch.float64)
-        data_sd = math.sqrt(float(x.var(0).sum()) / self.dim)
+        data_sd = _data_sd(x)
         if sigma >= self._convolution_threshold * data_sd * n ** (-1.0 / (self.dim + 4)):
+            check_squarable(sigma, "sigma")
             kernel = sigma ** 2 * torch.eye(self.dim, dtype=torch.float64, device=x.device)
-            return KDEOracle(self.samples, kernel, sigma / data_sd)
-        gen = torch.Generator().manual_seed(int(1e6 * sigma) % (2 ** 31))  # seeded: repeatable
-        noisy = x + sigma * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        return DiScoFormerOracle(self.estimator, noisy.to(self.samples.dtype), self._net)
+            return _Convolution(self.samples, kernel, sigma / data_sd)
+        # seeded (repeatable); math.fmod keeps a huge sigma from overflowing int()
+        seed = 1e6 * sigma
+        gen = torch.Generator().manual_seed(int(math.fmod(seed, 2.0 ** 31)) if math.isfinite(seed)
+                                            else hash(sigma) % (2 ** 31))
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device)
+        return DiScoFormerOracle(self.estimator, (x + sigma * noise).to(self.samples.dtype), self._net)
 
     def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> "DiScoFormerOracle":
         """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.
@@ -484,14 +566,18 @@ class DiScoFormerOracle(Oracle):
         """
         steps = check_int(steps, "steps", minimum=0)
         lr = check_positive(lr, "lr")
+        if lr > MAX_ADAPT_LR:
+            raise ValueError(f"lr must be at most {MAX_ADAPT_LR} (adapt moves log-bandwidths and gate biases; "
+                             f"larger steps leave the range the network was trained on); got {lr}")
         n_queries = check_int(n_queries, "n_queries")
+        seed = check_int(seed, "seed", minimum=0)
         n = self.samples.shape[0]
         if steps and n < 8:
             raise ValueError(f"adapt needs at least 8 samples (two halves to cross-fit); got {n}")
         net = copy.deepcopy(self._net)
         params = net.temperature_parameters()
         opt = torch.optim.Adam(params, lr=lr)
-        z = self.whitening.forward(self.samples.to(torch.float64)).to(torch.float32)
+        z = self._whitened(self.samples)
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=gen)
         halves = (perm[: n // 2], perm[n // 2:])
@@ -504,14 +590,25 @@ class DiScoFormerOracle(Oracle):
             for enc, held in zip(encoded, reversed(halves)):
                 y = z[held[:n_queries]][None].clone().requires_grad_(True)
                 loss = loss + _score_matching_and_consistency(net, enc, y, gen)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"adapt: the loss became non-finite ({float(loss.detach())}) at lr={lr}; "
+                                         f"use a smaller lr or fewer steps")
             opt.zero_grad()
             loss.backward()
             opt.step()
         for p in net.parameters():
             p.requires_grad_(False)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise FloatingPointError(f"adapt: the adapted parameters became non-finite at lr={lr}; "
+                                     f"use a smaller lr or fewer steps")
         new = copy.copy(self)
         object.__setattr__(new, "_net", net)
         object.__setattr__(new, "_log_normalizer", None)  # the adapted net has its own constant
+        with torch.no_grad():  # an update can stay finite yet break the network: try it on the samples
+            lp, sc = new._query(z[: min(n, 256)])
+        if not (bool(torch.isfinite(lp).all()) and bool(torch.isfinite(sc).all())):
+            raise FloatingPointError(f"adapt: the adapted network gives non-finite values at its own samples "
+                                     f"(lr={lr}, steps={steps}); use a smaller lr or fewer steps")
         return new
 
     def __repr__(self) -> str:
@@ -524,7 +621,7 @@ class _FitParts(Oracle):
     def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],
                  log_weights: torch.Tensor) -> None:
         self.estimator = estimator
-        self.samples = samples
+        self.samples = samples.clone()  # own copy (the caller's array may change; see DiScoFormerOracle)
         self.dim = int(samples.shape[1])
         self.compute_dtype = samples.dtype
         self.device = samples.device
@@ -575,23 +672,29 @@ class DiScoFormerMixture(_FitParts):
         components: the per-component oracles.
         log_weights: (K,) float64 log mixture weights.
         envelopes: the components' envelopes, or None (an exact mixture of the components).
+        envelope_scale: the envelopes are in coordinates ``x / envelope_scale`` (a power of two near
+            the data's scale, so that data near 1e200 or 1e-200 keep their covariances in range).
     """
 
     def __init__(self, estimator: DiScoFormer, samples: torch.Tensor, components: Sequence[Oracle],
-                 log_weights: torch.Tensor, envelopes: GaussianEnvelopes | None = None) -> None:
+                 log_weights: torch.Tensor, envelopes: GaussianEnvelopes | None = None,
+                 envelope_scale: float = 1.0) -> None:
         if envelopes is not None and envelopes.levels.shape != (len(components),):
             raise ValueError(f"envelopes: one per component expected ({len(components)}), "
                              f"got {tuple(envelopes.levels.shape)}")
         object.__setattr__(self, "envelopes", envelopes)
+        # the envelopes live in coordinates x / envelope_scale
+        object.__setattr__(self, "envelope_scale", check_positive(envelope_scale, "envelope_scale"))
         super().__init__(estimator, samples, components, log_weights)
 
     def _with_components(self, components: Sequence[Oracle]) -> Any:
-        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights, self.envelopes)
+        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights, self.envelopes,
+                                  self.envelope_scale)
 
     def _smoothed(self, sigma: float) -> Oracle:
-        envelopes = None if self.envelopes is None else self.envelopes.smoothed(sigma)
+        envelopes = None if self.envelopes is None else self.envelopes.smoothed(sigma / self.envelope_scale)
         return DiScoFormerMixture(self.estimator, self.samples, [c.smoothed(sigma) for c in self.components],
-                                  self.log_weights, envelopes)
+                                  self.log_weights, envelopes, self.envelope_scale)
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -599,7 +702,10 @@ class DiScoFormerMixture(_FitParts):
         log_ps = torch.stack([lp.to(torch.float64) for lp, _ in parts], 1)  # (m, K)
         scores = torch.stack([sc.to(torch.float64) for _, sc in parts], 1) if want_score else None  # (m, K, d)
         if self.envelopes is not None:
-            log_ps, scores = self.envelopes.cap(y, log_ps, scores)
+            s, log_s = self.envelope_scale, self.dim * math.log(self.envelope_scale)
+            log_ps, scores = self.envelopes.cap(y.to(torch.float64) / s, log_ps + log_s,
+                                                None if scores is None else scores * s)
+            log_ps, scores = log_ps - log_s, None if scores is None else scores / s
         joint = log_ps + self.log_weights
         log_p = torch.logsumexp(joint, 1)
         if scores is None:

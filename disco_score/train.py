@@ -242,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     out = Path(cfg.out_dir)
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(cfg.seed)  # parameter initialisation
-    net = build_net(cfg.model)
+    net = build_net(cfg.model).to(torch.float32)  # the batches are float32, whatever the default dtype
     if cfg.trainable == "query" and distributed:
         # DDP synchronises gradients through its own forward, which a frozen-encoder step bypasses
         raise ValueError("trainable='query' runs in one process; drop torchrun or train 'all'")

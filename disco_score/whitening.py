@@ -9,6 +9,7 @@ an orthogonal rotation: a rotation-equivariant model in ``z`` is then exactly af
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,10 +63,27 @@ class Whitening:
     def from_samples(samples: torch.Tensor, name: str = "samples") -> "Whitening":
         """Centre at the sample mean, scale by the unbiased sample covariance (ddof = 1)."""
         x = samples.to(torch.float64)
-        mean = x.mean(0)
+        # Statistics of x / scale, the scale folded back in after: data near 1e200 (or 1e-200)
+        # would overflow (underflow) the sums of squares in float64.
+        top = float(x.abs().max()) if x.numel() else 0.0
+        if not math.isfinite(top):
+            raise ValueError(f"{name} contains non-finite values")
+        mean = (x / top).mean(0) * top if top > 0 else x.mean(0)
         centred = x - mean
-        cov = centred.T @ centred / (x.shape[0] - 1)
-        return Whitening.from_covariance(cov, mean, name=f"the covariance of {name}")
+        scale = float(centred.abs().max()) if centred.numel() else 0.0
+        if scale == 0:
+            raise ValueError(f"the covariance of {name} is zero: the samples have no spread (all points identical?)")
+        if not 1.0 / scale < math.inf:
+            raise ValueError(f"{name} spread only {scale:.3g}, below float64's normal range (subnormal numbers); "
+                             f"rescale the data")
+        unit = centred / scale
+        base = Whitening.from_covariance(unit.T @ unit / (x.shape[0] - 1), name=f"the covariance of {name}")
+        if scale == 1.0:
+            return Whitening(mean, base.matrix, base.inverse, base.log_det)
+        matrix, inverse = base.matrix / scale, base.inverse * scale
+        if not (bool(torch.isfinite(matrix).all()) and bool(torch.isfinite(inverse).all())):
+            raise ValueError(f"{name} spread {scale:.3g}: its whitening overflows float64; rescale the data")
+        return Whitening(mean, matrix, inverse, base.log_det - x.shape[1] * math.log(scale))
 
     @property
     def dim(self) -> int:

@@ -233,8 +233,16 @@ class DiscoScoreModel(ModelMixin, ConfigMixin):
         dim = self.config.dim
         if sample.ndim < 2 or math.prod(sample.shape[1:]) != dim:
             raise ValueError(f"sample must have shape (batch, {dim}); got {tuple(sample.shape)}")
+        if not sample.is_floating_point():
+            raise TypeError(f"sample must be a floating tensor; got dtype {sample.dtype}")
         flat = sample.reshape(sample.shape[0], dim)
+        # NaN or inf would otherwise run through the oracle and come back as a silent NaN prediction
+        bad = int((~torch.isfinite(flat)).sum())
+        if bad:
+            raise ValueError(f"sample contains {bad} non-finite value(s) (NaN or inf)")
         steps = torch.as_tensor(timestep).reshape(-1)
+        if steps.is_floating_point() and not bool(torch.isfinite(steps).all()):
+            raise ValueError(f"timestep contains non-finite value(s) (NaN or inf): {timestep}")
         if steps.numel() == 1:
             steps = steps.expand(flat.shape[0])
         if steps.shape[0] != flat.shape[0]:
