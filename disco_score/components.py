@@ -302,13 +302,15 @@ class GaussianEnvelopes:
             chol = torch.linalg.cholesky(cov)
             r2 = _mahalanobis2(x64, mean, chol)
             peak = float(-torch.log(torch.diagonal(chol)).sum() - 0.5 * d * math.log(2 * math.pi))
-            ranks = torch.linspace(0, n - 1, min(probes, n), dtype=torch.float64).round().long().unique()
+            ranks = torch.linspace(0, n - 1, min(probes, n), dtype=torch.float64, device=x64.device)
+            ranks = ranks.round().long().unique()
             probe = torch.argsort(r2)[ranks]
             values = log_density(x[probe]).to(torch.float64) + 0.5 * r2[probe] / inflation ** 2
             levels.append(max(peak, float(torch.quantile(values, quantile))) + margin)
             means.append(mean)
             covs.append(cov)
-        return cls(torch.stack(means), torch.stack(covs), torch.tensor(levels, dtype=torch.float64), inflation)
+        levels_t = torch.tensor(levels, dtype=torch.float64, device=means[0].device)
+        return cls(torch.stack(means), torch.stack(covs), levels_t, inflation)
 
     def smoothed(self, sigma: float) -> "GaussianEnvelopes":
         """The envelopes of the components convolved with N(0, sigma^2 I): each Gaussian fit's
