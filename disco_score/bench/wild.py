@@ -155,7 +155,7 @@ def _student_t_mixture(d: int, gen: torch.Generator) -> Target:
     scales = torch.stack([torch.eye(d, dtype=torch.float64) * _log_uniform(gen, 0.2, 0.8) for _ in range(k)])
     dfs = torch.tensor([_log_uniform(gen, 1.5, 10.0) for _ in range(k)], dtype=torch.float64)
     weights = torch.distributions.Dirichlet(torch.full((k,), 2.0, dtype=torch.float64)).sample()
-    return StudentTMixture(weights / weights.sum(), locs, scales, dfs)
+    return StudentTMixture(weights / weights.sum(), locs, dfs, scales=scales)
 
 
 def _shell(d: int, gen: torch.Generator) -> Target:
