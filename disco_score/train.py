@@ -65,6 +65,13 @@ class TrainConfig:
     # trained -- what makes fine-tuning at n ~ 2^14 affordable on a CPU (one process only)
     trainable: str = "all"
     eval_large_n: int = 0  # > 0: the validation set also has d = 2 and 10 mixtures at this n (2 each)
+    # "gmm": the protocol's GMM prior only; "wide": the wider prior of disco_score.families
+    # (GMM prior, multi-scale/anisotropic/Student-t mixtures, warped mixtures, shells) with these
+    # family probabilities, in PRIOR_FAMILIES order
+    prior: str = "gmm"
+    prior_probs: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
+    device: str = "cpu"  # "cuda" for a lent GPU; data is drawn on the CPU (exact, seeded) and moved
+    max_minutes: float = 0.0  # > 0: stop (with a checkpoint) after this much wall time
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @staticmethod
@@ -80,9 +87,11 @@ class TrainConfig:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        for key in ("dims", "dim_weights"):
+        for key in ("dims", "dim_weights", "prior_probs"):
             if key in raw:
                 raw[key] = tuple(raw[key])
+        if raw.get("prior", "gmm") not in ("gmm", "wide"):
+            raise ValueError(f"prior must be 'gmm' or 'wide', got {raw['prior']!r}")
         if raw.get("trainable", "all") not in ("all", "query"):
             raise ValueError(f"trainable must be 'all' or 'query', got {raw['trainable']!r}")
         cfg = TrainConfig(model=model, **raw)
@@ -115,12 +124,32 @@ class Batch:
     score_x_weight: torch.Tensor  # (B, d, d) W^T W... maps whitened score errors to x-space norms
 
 
-def make_batch(d: int, n: int, batch: int, m: int, gen: torch.Generator) -> Batch:
-    """Draw ``batch`` mixtures from the prior, n context samples and m queries each."""
-    target = random_gmm(d, batch=batch, generator=gen)
-    x = target.sample(n, gen)
-    y = target.sample(m, gen)
-    lp, sc = target.log_prob_t(y), target.score_t(y)
+def _draw_wide(d: int, n: int, batch: int, m: int, gen: torch.Generator, probs: tuple[float, ...]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` targets of the wider prior, one at a time (its families are unbatched)."""
+    from .families import random_prior_target
+
+    xs, ys, lps, scs = [], [], [], []
+    for _ in range(batch):
+        target = random_prior_target(d, generator=gen, probs=probs)
+        x, y = target.sample(n, gen).to(torch.float64), target.sample(m, gen).to(torch.float64)
+        xs.append(x)
+        ys.append(y)
+        lps.append(target.log_prob_t(y))
+        scs.append(target.score_t(y))
+    return torch.stack(xs), torch.stack(ys), torch.stack(lps), torch.stack(scs)
+
+
+def make_batch(d: int, n: int, batch: int, m: int, gen: torch.Generator, prior: str = "gmm",
+               prior_probs: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)) -> Batch:
+    """Draw ``batch`` targets from the prior, n context samples and m queries each."""
+    if prior == "wide":
+        x, y, lp, sc = _draw_wide(d, n, batch, m, gen, prior_probs)
+    else:
+        target = random_gmm(d, batch=batch, generator=gen)
+        x = target.sample(n, gen)
+        y = target.sample(m, gen)
+        lp, sc = target.log_prob_t(y), target.score_t(y)
     zs, zq, lpz, scz, metric = [], [], [], [], []
     for b in range(batch):
         wt = Whitening.from_samples(x[b])
@@ -178,10 +207,25 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _eval_set(seed: int = 12345, large_n: int = 0) -> list[tuple[str, Batch]]:
+def _batch_to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(getattr(batch, f.name).to(device) for f in fields(Batch)))
+
+
+def _eval_set(seed: int = 12345, large_n: int = 0, wide: bool = False) -> list[tuple[str, Batch]]:
     """A fixed small validation set: P1-like d = 2, 10 (n = 256) and P2-like d = 100 (n = 2048);
-    with ``large_n``, also d = 2 and 10 at that n (two mixtures each)."""
+    with ``large_n``, also d = 2 and 10 at that n (two mixtures each); with ``wide``, also draws of
+    the wider prior at d = 2 (n = 1024) and d = 10 (n = 512), four each."""
     out = []
+    if wide:
+        for name, d, n in (("wide_d2_n1024", 2, 1024), ("wide_d10_n512", 10, 512)):
+            gen = torch.Generator().manual_seed(seed + 7 * d)
+            x, y, lp, sc = _draw_wide(d, n, 4, 256, gen, (0.0, 0.45, 0.35, 0.2))
+            rows = []
+            for b in range(4):
+                wt = Whitening.from_samples(x[b])
+                rows.append((wt.forward(x[b]), wt.forward(y[b]), lp[b] - wt.log_det, sc[b] @ wt.inverse,
+                             wt.matrix @ wt.matrix))
+            out.append((name, Batch(*(torch.stack([r[i] for r in rows]).to(torch.float32) for i in range(5)))))
     specs = [("d2_n256", 2, 256, None, True, 4), ("d10_n256", 10, 256, None, True, 4),
              ("d100_n2048_K2", 100, 2048, 2, False, 2)]
     if large_n:
@@ -239,6 +283,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
     world = dist.get_world_size() if distributed else 1
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
     out = Path(cfg.out_dir)
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(cfg.seed)  # parameter initialisation
@@ -268,22 +313,35 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
         step, best, history = state["step"], state.get("best", math.inf), state.get("history", [])
         if rank == 0:
             logger.info("resumed from %s at step %d", ckpt_path, step)
+    net.to(device)
+    for value in opt.state.values():  # a resumed optimiser's moments follow the parameters
+        for key, tensor in value.items():
+            if isinstance(tensor, torch.Tensor) and key != "step":
+                value[key] = tensor.to(device)
     model: torch.nn.Module = net
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(net)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    eval_set = _eval_set(large_n=cfg.eval_large_n) if rank == 0 else []
+    eval_set = _eval_set(large_n=cfg.eval_large_n, wide=cfg.prior == "wide") if rank == 0 else []
+    eval_set = [(name, _batch_to(b, device)) for name, b in eval_set]
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc="train", dynamic_ncols=True)
     t0, window = time.time(), []
     stop = cfg.steps if until is None else min(until, cfg.steps)
     while step < stop:
+        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+            logger.info("stopping at step %d: max_minutes %.3g reached", step, cfg.max_minutes)
+            break
         d, n, bsz, gen = draw_problem(cfg, step, rank)
-        batch = make_batch(d, n, bsz, cfg.n_queries, gen)
+        batch = _batch_to(make_batch(d, n, bsz, cfg.n_queries, gen, cfg.prior, cfg.prior_probs), device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         parts = losses(model, batch, cfg)
+        if not bool(torch.isfinite(parts["total"])):  # a degenerate draw must not poison the weights
+            logger.warning("step %d (d=%d, n=%d): non-finite loss, batch skipped", step, d, n)
+            step += 1
+            continue
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.grad_clip)
@@ -306,7 +364,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, until: i
                 best = score_key
                 save_atomic({"model": net.state_dict(), "config": asdict(cfg), "step": step, "eval": metrics},
                             out / "best.pt")
-        if rank == 0 and (step % cfg.ckpt_every == 0 or step == stop):
+        if rank == 0 and (step % cfg.ckpt_every == 0 or step == stop or (
+                cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes)):
             save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
                          "history": history, "config": asdict(cfg)}, ckpt_path)
     bar.close()
