@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", help="override out_dir")
     parser.add_argument("--steps", type=int, help="override steps")
     parser.add_argument("--no-resume", action="store_true", help="start fresh even if a checkpoint exists")
+    parser.add_argument("--device", help="override device (e.g. cuda)")
+    parser.add_argument("--max-minutes", type=float, help="override max_minutes: stop, with a checkpoint, after this")
+    parser.add_argument("--init-from", help="override init_from (a checkpoint .pt or shipped .safetensors)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--export", metavar="CKPT", help="export a checkpoint to --weights-dir and exit")
     parser.add_argument("--weights-dir", default=str(Path(__file__).parent / "weights"))
@@ -424,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.out_dir = args.out_dir
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.device:
+        cfg.device = args.device
+    if args.max_minutes is not None:
+        cfg.max_minutes = args.max_minutes
+    if args.init_from:
+        cfg.init_from = args.init_from
     train(cfg, resume=not args.no_resume, progress=not args.quiet)
     return 0
 
