@@ -19,6 +19,14 @@ import torch
 RANK_TOLERANCE = 1e-11
 
 
+def _power_of_two_above(value: float) -> float:
+    """The power of two in [value, 2 value) (0 for 0, inf for inf or NaN): dividing by it is exact."""
+    if value == 0 or not math.isfinite(value):
+        return value if value == 0 else math.inf
+    exponent = math.frexp(value)[1]  # value = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    return math.ldexp(1.0, exponent) if exponent < 1024 else math.inf
+
+
 @dataclass(frozen=True)
 class Whitening:
     """``z = (x - mean) @ matrix``; all fields float64 on the samples' device.
@@ -64,17 +72,20 @@ class Whitening:
         """Centre at the sample mean, scale by the unbiased sample covariance (ddof = 1)."""
         x = samples.to(torch.float64)
         # Statistics of x / scale, the scale folded back in after: data near 1e200 (or 1e-200)
-        # would overflow (underflow) the sums of squares in float64.
-        top = float(x.abs().max()) if x.numel() else 0.0
+        # would overflow (underflow) the sums of squares in float64. Scales are powers of two, so
+        # for ordinary data every result is bit-for-bit the unscaled one.
+        largest = float(x.abs().max()) if x.numel() else 0.0
+        top = _power_of_two_above(largest)
         if not math.isfinite(top):
-            raise ValueError(f"{name} contains non-finite values")
+            raise ValueError(f"{name} reach {largest:.3g}, too close to float64's largest number (or are not "
+                             f"finite); rescale the data")
         mean = (x / top).mean(0) * top if top > 0 else x.mean(0)
         centred = x - mean
-        scale = float(centred.abs().max()) if centred.numel() else 0.0
+        scale = _power_of_two_above(float(centred.abs().max()) if centred.numel() else 0.0)
         if scale == 0:
             raise ValueError(f"the covariance of {name} is zero: the samples have no spread (all points identical?)")
         if not 1.0 / scale < math.inf:
-            raise ValueError(f"{name} spread only {scale:.3g}, below float64's normal range (subnormal numbers); "
+            raise ValueError(f"{name} spread only ~{scale:.3g}, below float64's normal range (subnormal numbers); "
                              f"rescale the data")
         unit = centred / scale
         base = Whitening.from_covariance(unit.T @ unit / (x.shape[0] - 1), name=f"the covariance of {name}")
@@ -82,7 +93,7 @@ class Whitening:
             return Whitening(mean, base.matrix, base.inverse, base.log_det)
         matrix, inverse = base.matrix / scale, base.inverse * scale
         if not (bool(torch.isfinite(matrix).all()) and bool(torch.isfinite(inverse).all())):
-            raise ValueError(f"{name} spread {scale:.3g}: its whitening overflows float64; rescale the data")
+            raise ValueError(f"{name} spread ~{scale:.3g}: its whitening overflows float64; rescale the data")
         return Whitening(mean, matrix, inverse, base.log_det - x.shape[1] * math.log(scale))
 
     @property
