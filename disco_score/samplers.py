@@ -163,6 +163,7 @@ class DivergenceGuard:
         start: (m, d) starting points. oracle: the oracle driving the chains (for its data), or None.
         start_drift: (m, d) drift at the start (``S0``); None means 0.
         hint: what to change, e.g. ``"step_size=0.5 is too large; reduce it"``.
+        factor: the multiple of ``R`` that counts as diverged; default :data:`DIVERGENCE_FACTOR`.
     """
 
     def __init__(self, start: torch.Tensor, oracle: Any = None, start_drift: torch.Tensor | None = None,
@@ -171,9 +172,13 @@ class DivergenceGuard:
         data = oracle_extent(oracle) if oracle is not None else None
         if data is not None and (data.shape[1] != x.shape[1] or not bool(torch.isfinite(data).all())):
             data = None
-        self.centre = (data.mean(0) if data is not None else x.mean(0)) if x.shape[0] or data is not None \
-            else torch.zeros(x.shape[1], dtype=torch.float64)
-        self.centre = self.centre.to(x.device)
+        if data is not None:
+            centre = data.mean(0)
+        elif x.shape[0]:
+            centre = x.mean(0)
+        else:  # no chains and no data: nothing will be checked against it
+            centre = torch.zeros(x.shape[1], dtype=torch.float64)
+        self.centre = centre.to(x.device)
         radius = 0.0
         if x.shape[0]:
             radius = float((x - self.centre).norm(dim=1).max())
