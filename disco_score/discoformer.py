@@ -692,9 +692,11 @@ class DiScoFormerMixture(_FitParts):
                                   self.envelope_scale)
 
     def _smoothed(self, sigma: float) -> Oracle:
-        envelopes = None if self.envelopes is None else self.envelopes.smoothed(sigma / self.envelope_scale)
-        return DiScoFormerMixture(self.estimator, self.samples, [c.smoothed(sigma) for c in self.components],
-                                  self.log_weights, envelopes, self.envelope_scale)
+        components = [c.smoothed(sigma) for c in self.components]  # first: they validate sigma
+        envelopes = None if self.envelopes is None else self.envelopes.smoothed(
+            check_squarable(sigma / self.envelope_scale, "sigma"))
+        return DiScoFormerMixture(self.estimator, self.samples, components, self.log_weights, envelopes,
+                                  self.envelope_scale)
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:

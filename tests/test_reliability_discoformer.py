@@ -228,3 +228,7 @@ def test_subnormal_samples_and_extreme_queries(model: DiScoFormer) -> None:
     with pytest.raises(ValueError, match="sigma"):
         oracle.smoothed(1e200)
     assert np.isfinite(oracle.smoothed(1e100).log_density(np.zeros((1, 2)))).all()
+    mixture = model.fit(_two_clusters(5))
+    with pytest.raises(ValueError, match="sigma"):
+        mixture.smoothed(1e200)
+    assert np.isfinite(mixture.smoothed(1e100).log_density(np.zeros((1, 5)))).all()
