@@ -224,3 +224,20 @@ def test_metrics_invalid_input_names_the_argument(metric, defect: str) -> None:
     else:
         with pytest.raises(ValueError, match="estimate has shape .* but truth has shape"):
             metric(good, np.ones(shape[:-1] + (shape[-1] + 1,)))
+
+
+# -- information ------------------------------------------------------------------------------------
+
+@SETTINGS
+@given(sample_sets(max_dim=2))
+def test_information_estimates_are_finite_floats(case: dict) -> None:
+    from disco_score import information
+
+    x = case["samples"]
+    hypothesis.assume(case["n"] >= 8 and _rank_ok(x[: case["n"] // 2]) and _rank_ok(x[case["n"] // 2:]))
+    h = information.entropy(x, KDE(), folds=2, seed=0)
+    fisher = information.fisher_information(x, KDE(), folds=2, seed=0)
+    assert isinstance(h, float) and math.isfinite(h)
+    assert isinstance(fisher, float) and math.isfinite(fisher)
+    ksd = information.kernel_stein_discrepancy(x, KDE().fit(x))
+    assert math.isfinite(float(ksd)) and float(ksd) >= 0.0
