@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import ArrayLike, Queries, _to_tensor, as_queries, as_samples, check_int, check_positive
+from ._checks import (ArrayLike, Queries, _check_finite, _to_tensor, as_queries, as_samples, check_int,
+                      check_positive)
 from .base import Estimator, Oracle, as_oracle, resolve_oracle
 from .discoformer import LANGEVIN_CONVOLUTION_THRESHOLD, DiScoFormerAverage, DiScoFormerMixture, DiScoFormerOracle
 
@@ -80,7 +81,7 @@ def _check_position(position: Any, oracle: Oracle, name: str = "position") -> to
     if position.ndim != 2 or position.shape[1] != oracle.dim:
         raise ValueError(f"{name} must have shape (m, {oracle.dim}) for this {oracle.dim}-dimensional oracle; "
                          f"got shape {tuple(position.shape)}")
-    _check_chains(position.detach())
+    _check_finite(position.detach(), name)  # a bad start is the caller's input, not a divergence
     return position.detach()
 
 
