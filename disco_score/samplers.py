@@ -6,8 +6,10 @@ KDE, from DiScoFormer, or from an exact target. The noise-conditional samplers u
 that is what a diffusion model learns, here obtained without training.
 
 The pieces follow BlackJAX: each method has a small ``NamedTuple`` state, pure ``*_init`` and
-``*_step`` functions (a step returns a new state and a per-step info tuple; nothing is mutated),
-and :func:`run_chain` is the loop (with a tqdm bar). The one-call entry points
+``*_step`` functions (a step takes the generator first, ``langevin_step(generator, state, oracle,
+step_size)``, and returns a new state and a per-step info tuple; nothing is mutated), and
+:func:`run_chain` is the loop (with a tqdm bar). A chain that leaves the finite numbers or runs far
+outside the range of its data and start raises :class:`ChainDiverged` (see :class:`DivergenceGuard`). The one-call entry points
 :func:`langevin`, :func:`mala`, :func:`annealed_langevin` and :func:`reverse_diffusion` compose them
 and return ``(samples, info)``. Chains are batched: positions have shape (m, d), one row per chain.
 Arrays come back in the caller's kind (numpy in, numpy out; torch in, torch out) and dtype.
