@@ -83,9 +83,10 @@ def far_field_gate(queries: torch.Tensor, samples: torch.Tensor) -> torch.Tensor
     """(B, m) weight of the score correction at whitened queries (B, m, d) given the whitened
     samples (B, n, d): 1 out to ``FAR_FIELD_START`` times the samples' largest radius, 0 from
     ``FAR_FIELD_END`` times it on (rotation- and permutation-invariant)."""
-    radius = samples.norm(dim=-1).amax(-1).clamp_min(FAR_FIELD_MIN_RADIUS)  # (B,)
-    s = queries.norm(dim=-1) / radius[:, None]
-    t = ((s - FAR_FIELD_START) / (FAR_FIELD_END - FAR_FIELD_START)).clamp(0, 1)
+    # squared radii (no norm): smooth at every query, so the second derivatives adapt takes stay finite
+    radius2 = (samples * samples).sum(-1).amax(-1).clamp_min(FAR_FIELD_MIN_RADIUS ** 2)  # (B,)
+    s2 = (queries * queries).sum(-1) / radius2[:, None]
+    t = ((s2 - FAR_FIELD_START ** 2) / (FAR_FIELD_END ** 2 - FAR_FIELD_START ** 2)).clamp(0, 1)
     return 1 - t * t * (3 - 2 * t)
 
 
