@@ -203,3 +203,29 @@ def test_numpyro_nuts_short_chain_with_float64_default_dtype(prior, float64_defa
     mcmc.run(jax.random.key(0), jnp.asarray([[0.5, -0.5]], dtype=jnp.float32))
     draws = np.asarray(mcmc.get_samples()["theta"])
     assert draws.shape == (30, 2) and np.isfinite(draws).all()
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_blackjax_ula_vmapped_over_chains_with_x64_on_and_off(oracle, x64):
+    pytest.importorskip("blackjax")
+    from disco_score.integrations.blackjax import unadjusted_langevin
+
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        for step_size, diverges in ((0.1, False), (5.0, True)):
+            ula = unadjusted_langevin(oracle, step_size)
+            states = jax.vmap(ula.init)(jnp.zeros((4, 2), dtype))
+            step = jax.jit(jax.vmap(ula.step))
+
+            def run(states=states, step=step):
+                keys = jax.random.split(jax.random.key(0), 60)
+                for key in keys:
+                    states, _ = step(jax.random.split(key, 4), states)
+                return states
+
+            if diverges:
+                with pytest.raises((ChainDiverged, jax.errors.JaxRuntimeError), match="ChainDiverged"):
+                    run()
+            else:
+                final = run()
+                assert final.position.dtype == dtype and bool(jnp.all(jnp.abs(final.position) < 10))
