@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .adaptation import OBJECTIVES, Objective, defensive_proposal, heldout_nll, score_matching_and_consistency
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
@@ -552,18 +553,24 @@ class DiScoFormerOracle(Oracle):
         noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device)
         return DiScoFormerOracle(self.estimator, (x + sigma * noise).to(self.samples.dtype), self._net)
 
-    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> "DiScoFormerOracle":
+    def adapt(self, steps: int = 16, lr: float = 0.1, n_queries: int = 256, seed: int = 0,
+              objective: Objective = "likelihood", n_proposal: int = 512) -> "DiScoFormerOracle":
         """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.
 
         ``steps`` Adam steps (learning rate ``lr``) on a copy of the query side's bandwidth factors
         and mixture biases (:meth:`~disco_score.model.DiScoFormerNet.temperature_parameters`), with
-        the samples fixed. The loss, cross-fitted over two random halves of the samples (encode one
-        half, query at up to ``n_queries`` points of the other), is Hyvärinen score matching
-        ``mean(|S|^2 / 2 + div S)`` — minimised by the true score, so it can correct the fit and not
-        only its self-consistency — plus the consistency loss ``|S - grad T|^2 / |S|^2`` between the
-        score head and the gradient of the log-density head. The divergence is exact for d <= 4
-        and a seeded Hutchinson estimate (Rademacher probes) above.
+        the samples fixed. The loss is cross-fitted over two random halves of the samples (encode one
+        half, score it at up to ``n_queries`` points of the other); ``objective``
+        (:mod:`disco_score.adaptation`):
+
+        * ``"likelihood"`` (default): held-out negative log-likelihood, its normaliser estimated by
+          defensive importance sampling with ``n_proposal`` draws per half;
+        * ``"score_matching"``: held-out Hyvärinen score matching ``mean(|S|^2 / 2 + div S)`` plus the
+          consistency loss between the score head and the gradient of the log-density head.
         """
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+        n_proposal = check_int(n_proposal, "n_proposal")
         steps = check_int(steps, "steps", minimum=0)
         lr = check_positive(lr, "lr")
         if lr > MAX_ADAPT_LR:
@@ -585,11 +592,16 @@ class DiScoFormerOracle(Oracle):
             p.requires_grad_(True)
         with torch.no_grad():
             encoded = [net.encode(z[h][None], key_block=self.estimator.key_block) for h in halves]
+        # fixed draws across steps: the same estimate of log Z is differentiated every step
+        proposals = [defensive_proposal(z[h], n_proposal, gen) for h in halves]
         for _ in range(steps):
-            loss = z.new_zeros(())
-            for enc, held in zip(encoded, reversed(halves)):
-                y = z[held[:n_queries]][None].clone().requires_grad_(True)
-                loss = loss + _score_matching_and_consistency(net, enc, y, gen)
+            loss = z.new_zeros((), dtype=torch.float64)
+            for enc, proposal, held in zip(encoded, proposals, reversed(halves)):
+                y = z[held[:n_queries]][None].clone()
+                if objective == "likelihood":
+                    loss = loss + heldout_nll(net, enc, y, proposal)
+                else:
+                    loss = loss + score_matching_and_consistency(net, enc, y.requires_grad_(True), gen)
             if not bool(torch.isfinite(loss)):
                 raise FloatingPointError(f"adapt: the loss became non-finite ({float(loss.detach())}) at lr={lr}; "
                                          f"use a smaller lr or fewer steps")
@@ -646,9 +658,11 @@ class _FitParts(Oracle):
         return self._with_components([c.with_convolution_threshold(threshold)
                                       for c in self._networks("with_convolution_threshold")])
 
-    def adapt(self, steps: int = 4, lr: float = 1e-2, n_queries: int = 256, seed: int = 0) -> Any:
+    def adapt(self, steps: int = 16, lr: float = 0.1, n_queries: int = 256, seed: int = 0,
+              objective: Objective = "likelihood", n_proposal: int = 512) -> Any:
         """:meth:`DiScoFormerOracle.adapt` on every part (each on its own samples)."""
-        return self._with_components([c.adapt(steps, lr, n_queries, seed) for c in self._networks("adapt")])
+        return self._with_components([c.adapt(steps, lr, n_queries, seed, objective, n_proposal)
+                                      for c in self._networks("adapt")])
 
     def __repr__(self) -> str:
         sizes = [int(c.samples.shape[0]) for c in self.components]
@@ -746,22 +760,6 @@ class DiScoFormerAverage(_FitParts):
         score = sum(v * sc.to(torch.float64) for v, (_, sc) in zip(shares, parts))
         assert isinstance(score, torch.Tensor)
         return log_p.to(y.dtype), score.to(y.dtype)
-
-
-def _score_matching_and_consistency(net: DensityNet, enc: EncodedSamples, y: torch.Tensor,
-                                     gen: torch.Generator) -> torch.Tensor:
-    """Held-out Hyvärinen loss mean(|S|^2/2 + div S) plus the consistency loss at queries y (1, m, d)."""
-    log_f, score = net.query(enc, y)
-    d = y.shape[-1]
-    if d <= 4:  # exact divergence: one backward pass per coordinate
-        div = sum(torch.autograd.grad(score[..., i].sum(), y, create_graph=True)[0][..., i] for i in range(d))
-    else:  # Hutchinson: E[v^T (dS/dy) v] with Rademacher v
-        v = (torch.randint(0, 2, y.shape, generator=gen) * 2 - 1).to(y.dtype)
-        div = (torch.autograd.grad((score * v).sum(), y, create_graph=True)[0] * v).sum(-1)
-    hyvarinen = (0.5 * (score ** 2).sum(-1) + div).mean()
-    (grad_log_f,) = torch.autograd.grad(log_f.sum(), y, create_graph=True)
-    consistency = ((score - grad_log_f) ** 2).sum(-1).mean() / (score.detach() ** 2).sum(-1).mean().clamp_min(1e-12)
-    return hyvarinen + consistency
 
 
 def derive_level_seed(n: int, d: int) -> int:

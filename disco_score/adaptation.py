@@ -1,0 +1,87 @@
+"""Label-free objectives for test-time adaptation (``DiScoFormerOracle.adapt``).
+
+Both are cross-fitted: the network encodes one half of the samples and is scored on the other half,
+so a fit cannot win by copying its own samples.
+
+* ``"likelihood"``: held-out log-likelihood ``mean log f(y) - log Z``, with the normaliser ``Z``
+  estimated by defensive importance sampling — draws from a mixture of a narrow KDE of the encoded
+  half and a broad Gaussian, so the weights ``f / q`` stay bounded in the tails. It moves the level
+  and the bandwidths together; the quantity the held-out likelihood tables report.
+* ``"score_matching"``: held-out Hyvärinen score matching ``mean(|S|^2 / 2 + div S)`` plus the
+  consistency loss between the score head and the gradient of the log-density head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .model import DensityNet, EncodedSamples
+
+Objective = Literal["likelihood", "score_matching"]
+OBJECTIVES = ("likelihood", "score_matching")
+
+#: share of the proposal's draws from the broad Gaussian, and that Gaussian's sd (whitened units)
+BROAD_FRACTION = 0.2
+BROAD_SD = 2.0
+#: the proposal's KDE bandwidth as a fraction of Scott's rule (narrower than any fit the network makes,
+#: so q covers f's peaks; docs/experiments.md, "Adaptation by held-out likelihood")
+PROPOSAL_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Importance-sampling draws ``points`` (M, d) and their log-density ``log_q`` (M,) under q."""
+
+    points: torch.Tensor
+    log_q: torch.Tensor
+
+
+def defensive_proposal(centres: torch.Tensor, n_points: int, generator: torch.Generator) -> Proposal:
+    """Draws from ``q = (1 - a) KDE(centres, h) + a N(0, s^2 I)`` (whitened coordinates, float64 log q).
+
+    ``h`` is :data:`PROPOSAL_FACTOR` times Scott's bandwidth for the centres, ``a`` and ``s`` are
+    :data:`BROAD_FRACTION` and :data:`BROAD_SD`."""
+    c = centres.detach().to(torch.float64)
+    n, d = c.shape
+    h = PROPOSAL_FACTOR * n ** (-1.0 / (d + 4))
+    n_broad = max(1, int(round(BROAD_FRACTION * n_points)))
+    pick = torch.randint(0, n, (n_points - n_broad,), generator=generator)
+    narrow = c[pick] + h * torch.randn(n_points - n_broad, d, generator=generator, dtype=torch.float64)
+    broad = BROAD_SD * torch.randn(n_broad, d, generator=generator, dtype=torch.float64)
+    u = torch.cat([narrow, broad])
+    sq = torch.cdist(u, c) ** 2
+    log_kde = torch.logsumexp(-sq / (2 * h * h), 1) - math.log(n) - 0.5 * d * math.log(2 * math.pi * h * h)
+    log_broad = -(u * u).sum(1) / (2 * BROAD_SD ** 2) - 0.5 * d * math.log(2 * math.pi * BROAD_SD ** 2)
+    log_q = torch.logaddexp(math.log1p(-BROAD_FRACTION) + log_kde, math.log(BROAD_FRACTION) + log_broad)
+    return Proposal(u.to(centres.device), log_q.to(centres.device))
+
+
+def heldout_nll(net: DensityNet, encoded: EncodedSamples, held: torch.Tensor, proposal: Proposal) -> torch.Tensor:
+    """``-(mean log f(held) - log Z)``, per point, for held-out points (1, m, d) in the net's dtype."""
+    m = held.shape[1]
+    points = torch.cat([held, proposal.points.to(held.dtype)[None]], 1)
+    log_f, _ = net.query(encoded, points)
+    log_f = log_f[0].to(torch.float64)
+    log_z = torch.logsumexp(log_f[m:] - proposal.log_q, 0) - math.log(proposal.points.shape[0])
+    return -(log_f[:m].mean() - log_z)
+
+
+def score_matching_and_consistency(net: DensityNet, encoded: EncodedSamples, y: torch.Tensor,
+                                   generator: torch.Generator) -> torch.Tensor:
+    """Held-out Hyvärinen loss mean(|S|^2/2 + div S) plus the consistency loss at queries y (1, m, d)
+    (``y`` requires grad). The divergence is exact for d <= 4 and a Hutchinson estimate above."""
+    log_f, score = net.query(encoded, y)
+    d = y.shape[-1]
+    if d <= 4:  # exact divergence: one backward pass per coordinate
+        div = sum(torch.autograd.grad(score[..., i].sum(), y, create_graph=True)[0][..., i] for i in range(d))
+    else:  # Hutchinson: E[v^T (dS/dy) v] with Rademacher v
+        v = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(y.dtype)
+        div = (torch.autograd.grad((score * v).sum(), y, create_graph=True)[0] * v).sum(-1)
+    hyvarinen = (0.5 * (score ** 2).sum(-1) + div).mean()
+    (grad_log_f,) = torch.autograd.grad(log_f.sum(), y, create_graph=True)
+    consistency = ((score - grad_log_f) ** 2).sum(-1).mean() / (score.detach() ** 2).sum(-1).mean().clamp_min(1e-12)
+    return hyvarinen + consistency
