@@ -23,6 +23,9 @@ from .model import DensityNet, EncodedSamples
 
 Objective = Literal["likelihood", "score_matching"]
 OBJECTIVES = ("likelihood", "score_matching")
+#: Adam learning rate per objective when ``adapt`` is not given one (the likelihood moves
+#: log-bandwidths, which take larger steps; docs/experiments.md, "Adaptation by held-out likelihood")
+DEFAULT_LR = {"likelihood": 0.1, "score_matching": 1e-2}
 
 #: share of the proposal's draws from the broad Gaussian, and that Gaussian's sd (whitened units)
 BROAD_FRACTION = 0.2

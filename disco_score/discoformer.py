@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .adaptation import OBJECTIVES, Objective, defensive_proposal, heldout_nll, score_matching_and_consistency
+from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, defensive_proposal, heldout_nll, score_matching_and_consistency
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
@@ -553,8 +553,8 @@ class DiScoFormerOracle(Oracle):
         noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device)
         return DiScoFormerOracle(self.estimator, (x + sigma * noise).to(self.samples.dtype), self._net)
 
-    def adapt(self, steps: int = 16, lr: float = 0.1, n_queries: int = 256, seed: int = 0,
-              objective: Objective = "likelihood", n_proposal: int = 512) -> "DiScoFormerOracle":
+    def adapt(self, steps: int = 16, lr: float | None = None, n_queries: int = 256, seed: int = 0,
+              objective: Objective | None = None, n_proposal: int = 512) -> "DiScoFormerOracle":
         """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.
 
         ``steps`` Adam steps (learning rate ``lr``) on a copy of the query side's bandwidth factors
@@ -563,16 +563,22 @@ class DiScoFormerOracle(Oracle):
         half, score it at up to ``n_queries`` points of the other); ``objective``
         (:mod:`disco_score.adaptation`):
 
-        * ``"likelihood"`` (default): held-out negative log-likelihood, its normaliser estimated by
+        * ``"likelihood"``: held-out negative log-likelihood, its normaliser estimated by
           defensive importance sampling with ``n_proposal`` draws per half;
         * ``"score_matching"``: held-out Hyvärinen score matching ``mean(|S|^2 / 2 + div S)`` plus the
           consistency loss between the score head and the gradient of the log-density head.
+
+        ``None`` takes the network's own (``adaptation_objective``: likelihood for the general
+        network, whose knobs are bandwidths; score matching for a specialist, whose knobs are output
+        biases that a normalised likelihood cannot see) and its learning rate
+        (:data:`~disco_score.adaptation.DEFAULT_LR`).
         """
+        objective = self._net.adaptation_objective if objective is None else objective
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
         n_proposal = check_int(n_proposal, "n_proposal")
         steps = check_int(steps, "steps", minimum=0)
-        lr = check_positive(lr, "lr")
+        lr = check_positive(DEFAULT_LR[objective] if lr is None else lr, "lr")
         if lr > MAX_ADAPT_LR:
             raise ValueError(f"lr must be at most {MAX_ADAPT_LR} (adapt moves log-bandwidths and gate biases; "
                              f"larger steps leave the range the network was trained on); got {lr}")
@@ -658,8 +664,8 @@ class _FitParts(Oracle):
         return self._with_components([c.with_convolution_threshold(threshold)
                                       for c in self._networks("with_convolution_threshold")])
 
-    def adapt(self, steps: int = 16, lr: float = 0.1, n_queries: int = 256, seed: int = 0,
-              objective: Objective = "likelihood", n_proposal: int = 512) -> Any:
+    def adapt(self, steps: int = 16, lr: float | None = None, n_queries: int = 256, seed: int = 0,
+              objective: Objective | None = None, n_proposal: int = 512) -> Any:
         """:meth:`DiScoFormerOracle.adapt` on every part (each on its own samples)."""
         return self._with_components([c.adapt(steps, lr, n_queries, seed, objective, n_proposal)
                                       for c in self._networks("adapt")])

@@ -487,6 +487,9 @@ class DiScoFormerNet(nn.Module):
         dominates a step; with it frozen the encoder runs once, without a graph."""
         return _outside(self, self.ENCODER_MODULES)
 
+    #: what ``adapt`` optimises by default: the knobs are bandwidths and gates, which set the level
+    adaptation_objective = "likelihood"
+
     def temperature_parameters(self) -> list[nn.Parameter]:
         """The query side's few scalar knobs: per-head bandwidth factors and the mixture gate's
         biases. Test-time adaptation moves only these (a few hundred held-out points cannot pin
@@ -622,6 +625,9 @@ class SetTransformerNet(nn.Module):
     def query_side_parameters(self) -> list[nn.Parameter]:
         """Parameters outside the sample encoder (see :meth:`DiScoFormerNet.query_side_parameters`)."""
         return _outside(self, self.ENCODER_MODULES)
+
+    #: the head's biases are a level (which a normalised likelihood cancels) and a score shift
+    adaptation_objective = "score_matching"
 
     def temperature_parameters(self) -> list[nn.Parameter]:
         """What test-time adaptation moves: the output head's biases (1 + d numbers)."""

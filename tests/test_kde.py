@@ -285,7 +285,8 @@ def test_permutation_invariance_in_the_samples(seed, kernel):
     perm = rng.permutation(50)
     a = KDE(kernel=kernel).fit(x).log_density_and_score(q)
     b = KDE(kernel=kernel).fit(x[perm]).log_density_and_score(q)
-    np.testing.assert_allclose(a[0], b[0], atol=1e-12, rtol=1e-12)
+    # a permutation reorders float64 sums: agreement to round-off (~1e-12 of the log-density's scale)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-10, rtol=1e-10)
     np.testing.assert_allclose(a[1], b[1], atol=1e-10, rtol=1e-10)
 
 
