@@ -516,10 +516,10 @@ def _table(cells: list[dict[str, Any]], figure: str, rows: list[str]) -> list[st
 def render_wild(result: dict[str, Any]) -> list[str]:
     """Markdown: W1 held-out likelihood, W2/W3 score and log-density errors, W1 sampling."""
     rows = list(WILD_ROWS)
-    lines = [f"Rows: DiScoFormer (+ `adapt`, {result.get('adapt_steps')} steps), KDE with the leave-one-out "
+    lines = [f"Rows: DiScoFormer (+ `adapt`, {result.get('adapt_steps', ADAPT_STEPS[False])} steps), KDE with the leave-one-out "
              "likelihood-CV bandwidth, the score rule and Scott's rule, scikit-learn GaussianMixture (full "
              f"covariance) with K by BIC over 1 … 20, a zuko neural spline flow trained for "
-             f"{result.get('flow_seconds'):g} s per data set, and the oracle-tuned KDE where the truth is known. "
+             f"{result.get('flow_seconds', FLOW_SECONDS[False]):g} s per data set, and the oracle-tuned KDE where the truth is known. "
              "Each entry: figure (fit + evaluation seconds). \"DiScoFormer − best rival\": against the best "
              "row a user can run without the truth (not DiScoFormer, not the oracle-tuned KDE); a difference "
              "in nats for W1, a ratio for W2/W3.", ""]
