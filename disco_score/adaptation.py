@@ -19,7 +19,9 @@ from typing import Literal
 
 import torch
 
-from .model import DensityNet, EncodedSamples
+from .model import DensityNet
+from .net_blocks import EncodedSamples
+from .whitening import scott_factor
 
 Objective = Literal["likelihood", "score_matching"]
 OBJECTIVES = ("likelihood", "score_matching")
@@ -50,7 +52,7 @@ def defensive_proposal(centres: torch.Tensor, n_points: int, generator: torch.Ge
     :data:`BROAD_FRACTION` and :data:`BROAD_SD`."""
     c = centres.detach().to(torch.float64)
     n, d = c.shape
-    h = PROPOSAL_FACTOR * n ** (-1.0 / (d + 4))
+    h = PROPOSAL_FACTOR * scott_factor(n, d)
     n_broad = max(1, int(round(BROAD_FRACTION * n_points)))
     pick = torch.randint(0, n, (n_points - n_broad,), generator=generator)
     narrow = c[pick] + h * torch.randn(n_points - n_broad, d, generator=generator, dtype=torch.float64)

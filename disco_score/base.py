@@ -4,6 +4,9 @@ An :class:`Estimator` holds configuration only. ``Estimator.fit(samples)`` condi
 set and returns an :class:`Oracle`: an immutable object answering ``log_density``, ``density``,
 ``score`` and ``smoothed`` at any query points. Samplers, integrations and particle solvers are
 written against :class:`Oracle` alone, so KDE and DiScoFormer are interchangeable everywhere.
+
+This module imports no implementation; what ``estimator=None`` means is decided in
+:mod:`disco_score.defaults`.
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ class Oracle(abc.ABC):
         assert score is not None
         return q.restore(log_p), q.restore(score)
 
+    def with_default_convolution_threshold(self, threshold: float) -> "Oracle":
+        """This oracle with ``threshold`` as its default switch point in :meth:`smoothed`.
+
+        Oracles whose :meth:`smoothed` switches, from some noise level up, to the exact convolution
+        of their samples (DiScoFormer fits) use ``threshold`` (in Scott bandwidths) for it unless
+        their estimator fixed one; every other oracle is returned unchanged. Annealed Langevin sets
+        its own switch point through this (:func:`disco_score.samplers.annealed_langevin`).
+        """
+        return self
+
     def smoothed(self, sigma: float) -> "Oracle":
         """Oracle for ``p`` convolved with ``N(0, sigma^2 I)`` (``sigma`` in the units of x).
 
@@ -114,19 +127,3 @@ def as_oracle(source: "Estimator | Oracle", samples: ArrayLike | None = None) ->
             raise ValueError("an Estimator needs samples to fit; pass samples= or a fitted Oracle")
         return source.fit(samples)
     raise TypeError(f"expected an Estimator or an Oracle, got {type(source).__name__}")
-
-
-def default_estimator() -> Estimator:
-    """The package's default estimator: the pretrained DiScoFormer (used wherever ``estimator=None``)."""
-    try:
-        from .discoformer import DiScoFormer
-    except ImportError:  # the transformer has not landed in this checkout yet
-        from .kde import KDE
-
-        return KDE()
-    return DiScoFormer.pretrained()
-
-
-def resolve_oracle(estimator: "Estimator | Oracle | None", samples: ArrayLike | None = None) -> Oracle:
-    """``as_oracle`` with ``None`` meaning :func:`default_estimator`."""
-    return as_oracle(default_estimator() if estimator is None else estimator, samples)

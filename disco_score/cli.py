@@ -320,7 +320,8 @@ def _distribution_version(module: str) -> str | None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Version, model card summary, checksum check and installed extras."""
-    from .discoformer import WEIGHTS_DIR, WEIGHTS_NAME, DiScoFormer, load_specialists, load_weights
+    from .discoformer import DiScoFormer
+    from .weights_io import WEIGHTS_DIR, WEIGHTS_NAME, load_specialists, load_weights
 
     weights_dir = Path(args.weights_dir) if args.weights_dir else WEIGHTS_DIR
     out: dict[str, Any] = {"disco-score": __version__, "python": sys.version.split()[0],
@@ -600,8 +601,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     floor = datasets.load(args.dataset, args.n_samples, seed=args.seed + 4)[0]
     print(f"annealed Langevin with the {sampler_name} score: {args.n_samples} samples ({info.n_steps} steps over "
           f"{len(info.noise_levels)} noise levels)")
-    print(f"  energy distance to fresh data {samplers.energy_distance(generated, reference):.4f} "
-          f"(two independent draws of that size: {samplers.energy_distance(floor, reference):.4f})")
+    print(f"  energy distance to fresh data {metrics.energy_distance(generated, reference):.4f} "
+          f"(two independent draws of that size: {metrics.energy_distance(floor, reference):.4f})")
     if _plot_demo(out, data, target, oracles, generated, results, args.dataset, sampler_name):
         print(f"wrote {out}")
     logger.info("demo took %.1f s", time.perf_counter() - start)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import canonical_frame
+from .whitening import canonical_frame
 
 #: split only where the best two-way split leaves less than this fraction of the projection's
 #: variance within the sides. A Gaussian projection leaves 1 - 2/pi = 0.36, a uniform one 0.25,

@@ -9,39 +9,33 @@ samples (exact affine equivariance), runs the sample encoder once and returns an
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, defensive_proposal, heldout_nll, score_matching_and_consistency
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
+from .geometric_net import DiScoFormerNet
 from .kde import KDEOracle
-from .model import DensityNet, DiScoFormerNet, EncodedSamples, ModelConfig, SetTransformerNet, build_net
-from .whitening import Whitening
+from .model import DensityNet
+from .net_blocks import EncodedSamples
+from .set_transformer_net import SetTransformerNet
+from .weights_io import WEIGHTS_DIR, WEIGHTS_NAME, Specialist, load_specialists, load_weights
+from .whitening import Whitening, scott_factor
 
 logger = logging.getLogger(__name__)
 
 #: ``smoothed(sigma)`` is the exact convolution of the samples from this many Scott bandwidths up
 #: (the refitted network below): the score-MSE optimum per noise level (docs/experiments.md, session 4)
 SMOOTHED_CONVOLUTION_THRESHOLD = 1.5
-#: the same switch inside annealed Langevin (d = 10 energy distance 0.248 -> 0.147, memorization as
-#: fresh draws'; docs/experiments.md, session 5)
-LANGEVIN_CONVOLUTION_THRESHOLD = 0.4
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-WEIGHTS_NAME = "discoformer"
-#: dimension-specific checkpoints are ``<SPECIALIST_PREFIX><d>.safetensors`` beside the general one
-SPECIALIST_PREFIX = "discoformer-d"
 #: components are looked for from this dimension up. In d >= 16 whitening hides them from the
 #: network (session 9); at d = 10 the network sees them but fits one component far better than
 #: several (seed-1 GMM-prior targets, n = 16384: 9.4 % relative score MSE on the whole set, 2.3 %
@@ -61,94 +55,11 @@ MAX_WHITENED_RADIUS = 1e6
 MAX_ADAPT_LR = 1.0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, weights_dir: Path,
-                 meta: dict | None = None, name: str = WEIGHTS_NAME) -> Path:
-    """Write ``<name>.safetensors`` and ``<name>.json`` (config, SHA-256, metadata), atomically."""
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    path = weights_dir / f"{name}.safetensors"
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file({k: v.detach().contiguous().float() for k, v in state.items()}, str(tmp))
-    tmp.chmod(0o644)
-    card = {"model_config": cfg.to_dict(), "sha256": _sha256(tmp), "meta": meta or {}}
-    tmp_json = weights_dir / f"{name}.json.tmp"
-    tmp_json.write_text(json.dumps(card, indent=2, default=str))
-    tmp.replace(path)
-    tmp_json.replace(weights_dir / f"{name}.json")
-    return path
-
-
-def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, verify: bool = True
-                 ) -> tuple[DensityNet, dict]:
-    """Load a saved network; raises if the file's hash differs from the recorded one."""
-    path, card_path = weights_dir / f"{name}.safetensors", weights_dir / f"{name}.json"
-    if not path.exists() or not card_path.exists():
-        raise FileNotFoundError(f"no DiScoFormer weights at {path} (and {card_path.name})")
-    card = json.loads(card_path.read_text())
-    if verify:
-        digest = _sha256(path)
-        if digest != card["sha256"]:
-            raise RuntimeError(f"checksum mismatch for {path}: file has {digest}, "
-                               f"{card_path.name} records {card['sha256']}; the weights are corrupt or stale")
-    # float32 explicitly: a network built under another default dtype (torch.set_default_dtype)
-    # would otherwise keep float64 parameters and meet float32 queries
-    net = build_net(ModelConfig(**card["model_config"])).to(torch.float32)
-    net.load_state_dict(load_file(str(path)))
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, card
-
-
-@dataclass(frozen=True)
-class Specialist:
-    """A dimension-specific network (:class:`~disco_score.model.SetTransformerNet`) and the sample
-    sizes it serves: ``fit`` uses it for ``d == net.cfg.dim`` and ``n <= max_n``, the general
-    network otherwise (``max_n`` None: every n).
-
-    ``bag_size`` (None: off): the largest n the network was trained at. ``fit`` cuts a larger set
-    into ``ceil(n / bag_size)`` interleaved subsets, none above the trained n
-    (:func:`~disco_score.components.interleaved_subsets`), fits each, and averages the fits'
-    log-densities with weights by size (:class:`DiScoFormerAverage`): beyond its trained n the
-    network gets worse with more samples, while the average of fits at the trained n keeps
-    improving (docs/experiments.md, sessions 9 and 10), at a fraction of the O(n^2) cost.
-    """
-
-    net: SetTransformerNet
-    max_n: int | None = None
-    bag_size: int | None = None
-
-    @property
-    def dim(self) -> int:
-        """The dimension served."""
-        return self.net.cfg.dim
-
-
-def load_specialists(weights_dir: Path = WEIGHTS_DIR, verify: bool = True) -> list[Specialist]:
-    """Every ``discoformer-d<d>`` checkpoint in ``weights_dir`` (hash-verified), with the ``max_n``
-    and ``bag_size`` recorded in its model card (``meta.serves_max_n``, ``meta.bag_size``), sorted by d."""
-    out = []
-    for card_path in sorted(weights_dir.glob(f"{SPECIALIST_PREFIX}*.json")):
-        net, card = load_weights(weights_dir, card_path.stem, verify)
-        if not isinstance(net, SetTransformerNet):
-            raise ValueError(f"{card_path} does not describe a dimension-specific network")
-        meta = card.get("meta", {})
-        out.append(Specialist(net, meta.get("serves_max_n"), meta.get("bag_size")))
-    return sorted(out, key=lambda sp: sp.dim)
-
-
 class DiScoFormer(Estimator):
     """The pretrained density-and-score transformer.
 
     Args:
-        net: the general network, a :class:`~disco_score.model.DiScoFormerNet` serving every d
+        net: the general network, a :class:`~disco_score.geometric_net.DiScoFormerNet` serving every d
             (default: the packaged weights).
         specialists: dimension-specific networks, used instead of ``net`` where they serve (see
             :class:`Specialist`). None: the packaged ones when ``net`` is None, else none.
@@ -164,7 +75,7 @@ class DiScoFormer(Estimator):
             of the samples below. None (default): :data:`SMOOTHED_CONVOLUTION_THRESHOLD` (1.5: the
             lowest score MSE against ``p * N(0, sigma^2 I)``, and deterministic samplers such as DDIM
             do not copy the data), except in :func:`disco_score.samplers.annealed_langevin`, which
-            uses :data:`LANGEVIN_CONVOLUTION_THRESHOLD` (0.4; docs/experiments.md, session 5).
+            uses :data:`disco_score.samplers.LANGEVIN_CONVOLUTION_THRESHOLD` (0.4).
         split_components: in ``d >= split_min_dim``, look for well-separated components first
             (:func:`disco_score.components.find_split`, rotation-equivariant projection pursuit) and,
             recursively, fit one network per component: ``fit`` then returns a
@@ -459,6 +370,10 @@ class DiScoFormerOracle(Oracle):
         object.__setattr__(new, "_convolution_threshold", check_positive(threshold, "threshold"))
         return new
 
+    def with_default_convolution_threshold(self, threshold: float) -> "DiScoFormerOracle":
+        """:meth:`with_convolution_threshold` unless the estimator fixed ``convolution_threshold``."""
+        return self if self.estimator.convolution_threshold is not None else self.with_convolution_threshold(threshold)
+
     @property
     def log_normalizer(self) -> float:
         """log of the grid integral divided out in d <= 2 (0 otherwise); computed once, lazily,
@@ -542,7 +457,7 @@ class DiScoFormerOracle(Oracle):
         n = self.samples.shape[0]
         x = self.samples.to(torch.float64)
         data_sd = _data_sd(x)
-        if sigma >= self._convolution_threshold * data_sd * n ** (-1.0 / (self.dim + 4)):
+        if sigma >= self._convolution_threshold * data_sd * scott_factor(n, self.dim):
             check_squarable(sigma, "sigma")
             kernel = sigma ** 2 * torch.eye(self.dim, dtype=torch.float64, device=x.device)
             return _Convolution(self.samples, kernel, sigma / data_sd)
@@ -558,7 +473,7 @@ class DiScoFormerOracle(Oracle):
         """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.
 
         ``steps`` Adam steps (learning rate ``lr``) on a copy of the query side's bandwidth factors
-        and mixture biases (:meth:`~disco_score.model.DiScoFormerNet.temperature_parameters`), with
+        and mixture biases (:meth:`~disco_score.geometric_net.DiScoFormerNet.temperature_parameters`), with
         the samples fixed. The loss is cross-fitted over two random halves of the samples (encode one
         half, score it at up to ``n_queries`` points of the other); ``objective``
         (:mod:`disco_score.adaptation`):
@@ -663,6 +578,10 @@ class _FitParts(Oracle):
         """Every part with :meth:`DiScoFormerOracle.with_convolution_threshold`."""
         return self._with_components([c.with_convolution_threshold(threshold)
                                       for c in self._networks("with_convolution_threshold")])
+
+    def with_default_convolution_threshold(self, threshold: float) -> Any:
+        """:meth:`with_convolution_threshold` unless the estimator fixed ``convolution_threshold``."""
+        return self if self.estimator.convolution_threshold is not None else self.with_convolution_threshold(threshold)
 
     def adapt(self, steps: int = 16, lr: float | None = None, n_queries: int = 256, seed: int = 0,
               objective: Objective | None = None, n_proposal: int = 512) -> Any:
@@ -771,9 +690,4 @@ class DiScoFormerAverage(_FitParts):
 def derive_level_seed(n: int, d: int) -> int:
     """The fixed seed of the Gaussian reference set behind :meth:`DiScoFormer._unimodal_level_offset`."""
     return (1_000_003 * n + d) % (2 ** 31)
-
-
-def default_estimator() -> DiScoFormer:
-    """The pretrained DiScoFormer."""
-    return DiScoFormer.pretrained()
 

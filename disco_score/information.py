@@ -27,7 +27,8 @@ from typing import Any, Literal
 import torch
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
-from .base import Estimator, Oracle, default_estimator
+from .base import Estimator, Oracle
+from .defaults import default_estimator
 from .kde import BLOCK_ELEMENTS
 
 logger = logging.getLogger(__name__)

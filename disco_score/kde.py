@@ -24,7 +24,7 @@ import torch
 
 from ._checks import ArrayLike, as_queries, as_samples, check_positive
 from .base import Estimator, Oracle, as_oracle
-from .whitening import Whitening
+from .whitening import Whitening, scott_factor
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _bandwidth_factor(rule: Bandwidth, n: int, d: int) -> float | None:
     """The factor ``h`` of a rule of thumb (None for "cv", which needs the data)."""
     if isinstance(rule, str):
         if rule == "scott":
-            return n ** (-1.0 / (d + 4))
+            return scott_factor(n, d)
         if rule == "silverman":
             return (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
         if rule == "score":
@@ -175,7 +175,7 @@ def loo_cv_factor(samples: torch.Tensor, covariance: torch.Tensor, kernel: Kerne
     Evaluated at up to ``max_eval`` held-out points (a seeded subset) against all samples.
     """
     n, d = samples.shape
-    scott = n ** (-1.0 / (d + 4))
+    scott = scott_factor(n, d)
     grid = scott * (np.logspace(-1.0, 0.5, 24) if factors is None else np.asarray(factors))
     unit = Whitening.from_covariance(_kernel_covariance(covariance, 1.0, kernel))
     x64 = samples.to(torch.float64)
@@ -318,7 +318,7 @@ def oracle_tuned_kde(samples: ArrayLike, queries: ArrayLike, true_log_density: A
     true_s = torch.as_tensor(np.asarray(true_score) if not isinstance(true_score, torch.Tensor)
                              else true_score).to(torch.float64)
     cov = _sample_covariance(x)
-    scott = n ** (-1.0 / (d + 4))
+    scott = scott_factor(n, d)
     best_s = (math.inf, math.inf, 0.0, "")
     best_l = (math.inf, 0.0, "")
     for kernel in kernels:

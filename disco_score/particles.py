@@ -33,7 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import ArrayLike, Queries, _to_tensor, as_samples, check_int, check_positive
-from .base import Estimator, Oracle, default_estimator
+from .base import Estimator, Oracle
+from .defaults import default_estimator
 from .kde import BLOCK_ELEMENTS
 from .samplers import ChainDiverged, DivergenceGuard
 
@@ -218,7 +219,7 @@ def fokker_planck(x0: ArrayLike, grad_potential: GradPotential | None, diffusion
         t_end: final time (> 0); the grid is ``linspace(0, t_end, n_steps + 1)``.
         n_steps: number of time steps (>= 1).
         estimator: score estimator re-fitted to the cloud; None means the package default
-            (:func:`disco_score.base.default_estimator`, the pretrained DiScoFormer).
+            (:func:`disco_score.defaults.default_estimator`, the pretrained DiScoFormer).
         method: ``"euler"`` (first order, one fit per step) or ``"heun"`` (second order, two fits).
         score_fn: instead of an estimator, an exact score ``score_fn(t, x)``: (N, d) -> (N, d), for
             reference runs.

@@ -6,8 +6,8 @@ is also an :class:`~disco_score.base.Oracle`, so samplers can be driven by the e
 
 :func:`random_gmm` draws from the benchmark protocol's random Gaussian-mixture prior
 (``../shared/docs/benchmark-protocol.md``), which is also the training prior. The wider families
-(Student-t mixtures, shells, warped targets) and the wider prior's draws live in
-:mod:`disco_score.families` and are re-exported here.
+(Student-t mixtures, shells, warped targets) and the wider prior's draws are built on these in
+:mod:`disco_score.families` (import them from there).
 """
 
 from __future__ import annotations
@@ -344,18 +344,3 @@ def random_gmm(dim: int, batch: int | None = None, n_components: int | tuple[int
     if batch is None:
         return GaussianMixture(weights[0], means[0], covs[0])
     return GaussianMixture(weights, means, covs)
-
-
-_FAMILY_EXPORTS = ("StudentTMixture", "Shell", "Ring", "WarpedTarget", "AffineWarp", "TanhWarp", "SinhArcsinhWarp",
-                   "CouplingWarp", "RadialWarp", "random_wide_mixture", "random_warped", "random_shell",
-                   "random_prior_target")
-
-
-def __getattr__(name: str) -> object:
-    # The wider families live in disco_score.families, which imports this module: re-export them
-    # lazily so that importing either module first works.
-    if name in _FAMILY_EXPORTS:
-        from . import families
-
-        return getattr(families, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .model import DensityNet, ModelConfig, build_net
+from .geometric_net import GeometricConfig
+from .model import ArchitectureConfig, DensityNet, build_net, config_from_dict
 from .targets import random_gmm
 from .whitening import Whitening
 
@@ -72,17 +73,19 @@ class TrainConfig:
     prior_probs: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
     device: str = "cpu"  # "cuda" for a lent GPU; data is drawn on the CPU (exact, seeded) and moved
     max_minutes: float = 0.0  # > 0: stop (with a checkpoint) after this much wall time
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ArchitectureConfig = field(default_factory=GeometricConfig)
 
     @staticmethod
     def from_dict(raw: dict) -> "TrainConfig":
         """A config from a JSON-style dict (a config file, or a checkpoint's ``config``).
 
-        The nested ``"model"`` dict becomes a :class:`ModelConfig` and lists for ``dims``/``dim_weights``
+        The nested ``"model"`` dict becomes its architecture's config
+        (:func:`~disco_score.model.config_from_dict`, which also reads the flat dicts of older configs and
+        checkpoints) and lists for ``dims``/``dim_weights``
         become tuples; unknown keys raise ValueError. ``raw`` is not modified.
         """
         raw = dict(raw)
-        model = ModelConfig(**raw.pop("model", {}))
+        model = config_from_dict(raw.pop("model", {}))
         known = {f.name for f in fields(TrainConfig)}
         unknown = set(raw) - known
         if unknown:
@@ -379,8 +382,8 @@ def export(checkpoint: str | Path, weights_dir: str | Path, notes: dict | None =
     """Write a checkpoint's weights as safetensors plus a JSON with the config and SHA-256: as
     ``discoformer`` (the general net) or, for a dimension-specific net, ``discoformer-d<d>``
     (``notes`` may carry ``serves_max_n``, the largest n it is selected for, and ``bag_size``, the
-    largest n it was trained at; see :class:`~disco_score.discoformer.Specialist`)."""
-    from .discoformer import SPECIALIST_PREFIX, WEIGHTS_NAME, save_weights
+    largest n it was trained at; see :class:`~disco_score.weights_io.Specialist`)."""
+    from .weights_io import SPECIALIST_PREFIX, WEIGHTS_NAME, save_weights
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = TrainConfig.from_dict(state["config"])
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     writes that checkpoint's weights to ``--weights-dir`` and exits. Returns 0.
     """
     parser = argparse.ArgumentParser(prog="disco-score train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="JSON file with TrainConfig fields (nested 'model' for ModelConfig)")
+    parser.add_argument("--config", help="JSON file with TrainConfig fields (nested 'model' for the network's config)")
     parser.add_argument("--out-dir", help="override out_dir")
     parser.add_argument("--steps", type=int, help="override steps")
     parser.add_argument("--no-resume", action="store_true", help="start fresh even if a checkpoint exists")

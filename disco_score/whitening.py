@@ -5,6 +5,10 @@ map is ``z = (x - mean) @ W`` with ``W = S^{-1/2}`` (symmetric). Densities trans
 ``log p_x(x) = log p_z(z) + log|det W|`` and scores as ``s_x(x) = W @ s_z(z)``. Using the symmetric
 square root makes the map unique, so an affine change of the data, ``X A + b``, changes ``z`` only by
 an orthogonal rotation: a rotation-equivariant model in ``z`` is then exactly affine-equivariant.
+
+Also here, because every estimator works in these coordinates: Scott's bandwidth factor
+(:func:`scott_factor`, a kernel width in whitened units) and the canonical frame of a whitened set
+(:func:`canonical_frame`), which removes the rotation left after whitening.
 """
 
 from __future__ import annotations
@@ -17,6 +21,37 @@ import torch
 # Relative eigenvalue below which a covariance counts as singular. Statistics are computed in
 # float64, where a set of points on a line gives ratios near 1e-16 even after float32 rounding.
 RANK_TOLERANCE = 1e-11
+
+
+def scott_factor(n: int, d: int) -> float:
+    """Scott's rule ``n^(-1/(d+4))``: the Gaussian-kernel bandwidth, in whitened units (data
+    standard deviations), for ``n`` samples in ``d`` dimensions."""
+    return n ** (-1.0 / (d + 4))
+
+
+def log_scott_factor(n: int, d: int) -> float:
+    """``log`` of :func:`scott_factor`, computed as ``-log(n) / (d + 4)`` (what the networks add to
+    their learned log-bandwidths)."""
+    return -math.log(n) / (d + 4)
+
+
+def canonical_frame(z: torch.Tensor) -> torch.Tensor:
+    """(B, n, d) whitened samples -> (B, d, d) orthogonal frame ``R`` (columns are axes).
+
+    The eigenvectors of the fourth-moment matrix ``mean(|z|^2 z z^T)`` (FOBI), ascending, each signed
+    so the third moment along it is non-negative. For a rotated set ``z Q`` the frame is ``Q^T R``,
+    so the canonical coordinates ``z R`` do not change: a network on them is exactly rotation-
+    invariant, and its score, mapped back with ``R^T``, exactly equivariant (up to ties between
+    eigenvalues, which have probability zero). For mixtures the extreme axes are informative: the
+    most platykurtic direction of a two-component mixture is its between-mean direction.
+    """
+    x = z.detach().to(torch.float64)
+    weight = (x * x).sum(-1)
+    moment = torch.einsum("bni,bn,bnj->bij", x, weight, x) / x.shape[1]
+    _, axes = torch.linalg.eigh(moment)
+    skew = ((x @ axes) ** 3).mean(1)  # (B, d)
+    sign = torch.where(skew < 0, -torch.ones_like(skew), torch.ones_like(skew))
+    return (axes * sign[:, None, :]).to(z.dtype)
 
 
 def _power_of_two_above(value: float) -> float:

@@ -41,7 +41,8 @@ import torch  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
 from disco_score import KDE  # noqa: E402
-from disco_score.base import Estimator, default_estimator  # noqa: E402
+from disco_score.base import Estimator  # noqa: E402
+from disco_score.defaults import default_estimator  # noqa: E402
 from disco_score.integrations import numpyro as disco_numpyro  # noqa: E402
 from disco_score.integrations import pyro as disco_pyro  # noqa: E402
 

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
-from disco_score import KDE, DiScoFormer, samplers  # noqa: E402
+from disco_score import KDE, DiScoFormer, metrics, samplers  # noqa: E402
 from disco_score.integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "generate_2d.png"
@@ -80,8 +80,8 @@ def main() -> None:
             estimator.fit(data), start, step_size=args.langevin_step_size, n_steps=args.langevin_steps,
             generator=gen, progress=False)
 
-    floor = samplers.energy_distance(data[:args.n_samples], fresh)
-    reference = samplers.memorization_fraction(fresh, data)
+    floor = metrics.energy_distance(data[:args.n_samples], fresh)
+    reference = metrics.memorization_fraction(fresh, data)
     print(f"{'':32s} energy distance  memorization")
     print(f"{'data (floor / reference)':32s} {floor:15.4f}  {reference:12.3f}")
     methods = ("DDIM", "annealed Langevin", "Langevin")
@@ -94,8 +94,8 @@ def main() -> None:
     for col, name in enumerate(estimators, start=1):
         for row, method in enumerate(methods):
             points = panels[(name, method)]
-            ed = samplers.energy_distance(points, fresh)
-            mem = samplers.memorization_fraction(points, data)
+            ed = metrics.energy_distance(points, fresh)
+            mem = metrics.memorization_fraction(points, data)
             print(f"{name + ', ' + method:32s} {ed:15.4f}  {mem:12.3f}")
             ax = axes[row, col]
             ax.scatter(points[:, 0], points[:, 1], s=3, c="C0" if col == 1 else "C3")

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from disco_score import KDE, particles  # noqa: E402
-from disco_score.base import default_estimator  # noqa: E402
+from disco_score.defaults import default_estimator  # noqa: E402
 
 logger = logging.getLogger("landau_relaxation")
 OUT = Path(__file__).resolve().parent.parent / "docs" / "images" / "landau_relaxation.png"

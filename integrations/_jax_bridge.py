@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from disco_score._checks import ArrayLike, as_samples
-from disco_score.base import Estimator, Oracle, resolve_oracle
+from disco_score.base import Estimator, Oracle
+from disco_score.defaults import resolve_oracle
 
 from . import require
 
@@ -49,7 +50,7 @@ def fitted_oracle(samples: ArrayLike, estimator: Estimator | Oracle | None = Non
                   ) -> tuple[torch.Tensor, Oracle]:
     """Validate ``samples`` (n, d) and return ``(samples as a tensor, oracle fitted on them)``.
 
-    ``estimator=None`` means :func:`disco_score.base.default_estimator`; a fitted
+    ``estimator=None`` means :func:`disco_score.defaults.default_estimator`; a fitted
     :class:`~disco_score.base.Oracle` is used as is (its dimension must match). Fits are cached on
     the samples' content (SHA-1 of the bytes, shape, dtype) and the estimator's identity, because
     PPL models construct their distributions anew on every trace -- Pyro's HMC retraces the model at

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from disco_score._checks import ArrayLike, as_samples, check_int
-from disco_score.base import Estimator, Oracle, default_estimator
+from disco_score.base import Estimator, Oracle
+from disco_score.defaults import default_estimator
 from disco_score.samplers import NoiseConditionalScore, noise_range
 
 from . import require
@@ -95,7 +96,7 @@ class DiscoScoreModel(ModelMixin, ConfigMixin):
     Args:
         estimator: an :class:`~disco_score.base.Estimator` (fitted to ``data`` on first use), a
             fitted :class:`~disco_score.base.Oracle` (used as is; ``data`` is then optional), or
-            None for :func:`~disco_score.base.default_estimator`.
+            None for :func:`~disco_score.defaults.default_estimator`.
         data: (n, d) samples, kept as the registered buffer ``data`` (so ``.to(device)`` and
             ``save_pretrained`` carry them). Required unless ``estimator`` is an Oracle.
         dim: data dimension; only needed when neither ``data`` nor an Oracle gives it (loading).

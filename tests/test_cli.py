@@ -227,7 +227,7 @@ def test_info_json_matches_the_model_card(capsys):
 
 
 def test_info_reports_a_corrupt_checkpoint(capsys, tmp_path):
-    from disco_score.discoformer import WEIGHTS_DIR
+    from disco_score.weights_io import WEIGHTS_DIR
 
     for name in ("discoformer.json", "discoformer.safetensors"):
         shutil.copy(WEIGHTS_DIR / name, tmp_path / name)

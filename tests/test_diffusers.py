@@ -19,7 +19,7 @@ from diffusers import (  # noqa: E402
     ScoreSdeVeScheduler,
 )
 
-from disco_score import KDE, samplers  # noqa: E402
+from disco_score import KDE, metrics, samplers  # noqa: E402
 from disco_score.integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline  # noqa: E402
 from disco_score.targets import GaussianMixture  # noqa: E402
 
@@ -122,7 +122,7 @@ def test_pipeline_with_exact_score_samples_the_target(mixture_sets, name: str) -
     out = pipe(num_samples=400, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
     assert isinstance(out.samples, torch.Tensor) and out.samples.shape == (400, 2)
     assert out.samples.dtype == torch.float64
-    assert samplers.energy_distance(out.samples, fresh) < ED_THRESHOLD
+    assert metrics.energy_distance(out.samples, fresh) < ED_THRESHOLD
 
 
 def test_pipeline_with_kde_samples_the_target_without_copying(mixture_sets) -> None:
@@ -132,13 +132,13 @@ def test_pipeline_with_kde_samples_the_target_without_copying(mixture_sets) -> N
     out = pipe(num_samples=400, num_inference_steps=15, generator=torch.Generator().manual_seed(0),
                output_type="np")
     assert isinstance(out.samples, np.ndarray) and out.samples.shape == (400, 2)
-    assert samplers.energy_distance(out.samples, fresh) < ED_THRESHOLD
-    assert samplers.memorization_fraction(out.samples, train) < samplers.memorization_fraction(fresh, train) + 0.1
+    assert metrics.energy_distance(out.samples, fresh) < ED_THRESHOLD
+    assert metrics.memorization_fraction(out.samples, train) < metrics.memorization_fraction(fresh, train) + 0.1
     # Swapping the scheduler the diffusers way reconfigures the model.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     again = pipe(num_samples=400, num_inference_steps=15, generator=torch.Generator().manual_seed(0))
     assert pipe.model.config.prediction_type == "v_prediction"
-    assert samplers.energy_distance(again.samples, fresh) < ED_THRESHOLD
+    assert metrics.energy_distance(again.samples, fresh) < ED_THRESHOLD
 
 
 def test_seeded_pipeline_repeats(mixture_sets) -> None:
@@ -161,7 +161,7 @@ def test_a_wrong_conversion_fails_the_distribution_check(mixture_sets) -> None:
     pipe = EmpiricalDiffusionPipeline(Unscaled(target, train), DDIMScheduler(clip_sample=False))
     pipe.set_progress_bar_config(disable=True)
     out = pipe(num_samples=400, num_inference_steps=15, generator=torch.Generator().manual_seed(0))
-    assert samplers.energy_distance(out.samples, fresh) > ED_THRESHOLD
+    assert metrics.energy_distance(out.samples, fresh) > ED_THRESHOLD
 
 
 def test_save_and_load_round_trip(tmp_path, mixture_sets) -> None:
@@ -241,6 +241,6 @@ def test_discoformer_ddim_in_10d_is_near_the_exact_score_and_beats_kde() -> None
         pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(estimator, train), DDIMScheduler(clip_sample=False))
         pipe.set_progress_bar_config(disable=True)
         out = pipe(num_samples=1000, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
-        statistic[name] = samplers.energy_statistic(out.samples, fresh)
+        statistic[name] = metrics.energy_statistic(out.samples, fresh)
     assert statistic["discoformer"] < 0.5 * statistic["kde"], statistic
     assert statistic["discoformer"] - statistic["exact"] < 0.5 * (statistic["kde"] - statistic["exact"]), statistic

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer
-from disco_score.discoformer import WEIGHTS_DIR, load_weights
+from disco_score.weights_io import WEIGHTS_DIR, load_weights
 from disco_score.kde import KDEOracle
-from disco_score.model import DiScoFormerNet, ModelConfig, geometric_attention
+from disco_score.geometric_net import DiScoFormerNet, geometric_attention
+from disco_score.model import ModelConfig
 from disco_score.targets import random_gmm
 from disco_score.train import TrainConfig, train
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer
-from disco_score.model import far_field_gate
+from disco_score.geometric_net import far_field_gate
 from disco_score.targets import random_gmm
 
 

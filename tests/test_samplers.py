@@ -10,7 +10,7 @@ import scipy.spatial
 import scipy.stats
 import torch
 
-from disco_score import KDE, samplers
+from disco_score import KDE, metrics, samplers
 from disco_score.targets import GaussianMixture
 
 # Energy distances below are between 400-point sets; two independent draws of the 2-D mixture
@@ -43,57 +43,57 @@ def mixture_sets() -> tuple[GaussianMixture, torch.Tensor, torch.Tensor]:
 
 def test_energy_distance_matches_scipy_in_one_dimension(rng: np.random.Generator) -> None:
     x, y = rng.normal(size=(150, 1)), rng.normal(0.5, 2.0, size=(90, 1))
-    assert samplers.energy_distance(x, y) == pytest.approx(scipy.stats.energy_distance(x[:, 0], y[:, 0]), rel=1e-10)
+    assert metrics.energy_distance(x, y) == pytest.approx(scipy.stats.energy_distance(x[:, 0], y[:, 0]), rel=1e-10)
 
 
 def test_energy_distance_is_zero_for_equal_sets_and_grows_with_a_shift(rng: np.random.Generator) -> None:
     x = rng.normal(size=(200, 3))
-    assert samplers.energy_distance(x, x.copy()) == pytest.approx(0.0, abs=1e-7)
+    assert metrics.energy_distance(x, x.copy()) == pytest.approx(0.0, abs=1e-7)
     # For a pure shift by c of one point mass against another, the distance is sqrt(2|c|).
-    assert samplers.energy_distance(np.zeros((1, 3)), np.array([[0.0, 3.0, 4.0]])) == pytest.approx(math.sqrt(10))
-    near = samplers.energy_distance(x, x + 0.1)
-    assert 0 < near < samplers.energy_distance(x, x + 1.0)
+    assert metrics.energy_distance(np.zeros((1, 3)), np.array([[0.0, 3.0, 4.0]])) == pytest.approx(math.sqrt(10))
+    near = metrics.energy_distance(x, x + 0.1)
+    assert 0 < near < metrics.energy_distance(x, x + 1.0)
 
 
 def test_energy_statistic_is_the_u_statistic_and_unbiased(rng: np.random.Generator) -> None:
     x, y = rng.normal(size=(40, 3)), rng.normal(0.3, 1.5, size=(25, 3))
     pair = scipy.spatial.distance.cdist
     brute = (2 * pair(x, y).mean() - pair(x, x).sum() / (40 * 39) - pair(y, y).sum() / (25 * 24))
-    assert samplers.energy_statistic(x, y) == pytest.approx(brute, rel=1e-10)
+    assert metrics.energy_statistic(x, y) == pytest.approx(brute, rel=1e-10)
     # Same law: the V-statistic (energy_distance squared) sits well above 0, the U-statistic averages 0.
     u, v = [], []
     for _ in range(200):
         a, b = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
-        u.append(samplers.energy_statistic(a, b))
-        v.append(samplers.energy_distance(a, b) ** 2)
+        u.append(metrics.energy_statistic(a, b))
+        v.append(metrics.energy_distance(a, b) ** 2)
     assert abs(np.mean(u)) < 3 * np.std(u) / np.sqrt(200)
     assert np.mean(v) > 10 * np.std(u) / np.sqrt(200)
     with pytest.raises(ValueError, match="x needs at least 2"):
-        samplers.energy_statistic(x[:1], y)
+        metrics.energy_statistic(x[:1], y)
 
 
 def test_memorization_fraction_counts_copies(rng: np.random.Generator) -> None:
     train = rng.normal(size=(300, 2))
-    assert samplers.memorization_fraction(train, train) == 1.0
-    assert samplers.memorization_fraction(train + 100.0, train) == 0.0
+    assert metrics.memorization_fraction(train, train) == 1.0
+    assert metrics.memorization_fraction(train + 100.0, train) == 0.0
     # Hand-made case: training points 0 and 10 (nearest-neighbour distance 10 each, in 1-D).
     line = np.array([[0.0], [10.0]])
-    assert samplers.memorization_fraction(np.array([[4.9], [5.1], [-11.0], [21.0]]), line) == 0.5
+    assert metrics.memorization_fraction(np.array([[4.9], [5.1], [-11.0], [21.0]]), line) == 0.5
 
 
 def test_nearest_neighbour_distances_match_brute_force(rng: np.random.Generator) -> None:
     x = rng.normal(size=(50, 3))
     dist = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.diag(np.full(50, np.inf))
-    np.testing.assert_allclose(samplers.nearest_neighbour_distances(x).numpy(), dist.min(1), rtol=1e-12)
+    np.testing.assert_allclose(metrics.nearest_neighbour_distances(x).numpy(), dist.min(1), rtol=1e-12)
 
 
 def test_quality_metrics_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="dimension"):
-        samplers.energy_distance(np.zeros((5, 2)), np.zeros((5, 3)))
+        metrics.energy_distance(np.zeros((5, 2)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="training needs at least 2"):
-        samplers.memorization_fraction(np.zeros((5, 2)), np.zeros((1, 2)))
+        metrics.memorization_fraction(np.zeros((5, 2)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="non-finite"):
-        samplers.energy_distance(np.full((5, 2), np.nan), np.zeros((5, 2)))
+        metrics.energy_distance(np.full((5, 2), np.nan), np.zeros((5, 2)))
 
 
 # -- defaults -------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_annealed_langevin_with_exact_score_matches_target(mixture_sets, generat
     samples, info = samplers.annealed_langevin(target, train, n_samples=400, n_levels=20, steps_per_level=10,
                                                generator=generator, progress=False)
     assert samples.shape == (400, 2)
-    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
+    assert metrics.energy_distance(samples, fresh) < ED_THRESHOLD
     assert info.noise_levels[0] == pytest.approx(samplers.noise_range(train)[0])
     np.testing.assert_allclose(info.step_sizes, info.relative_step * info.noise_levels ** 2, rtol=1e-12)
     assert info.denoised and info.n_steps == 200
@@ -206,13 +206,13 @@ def test_annealed_langevin_with_kde_matches_target_without_copying(mixture_sets,
     samples, _ = samplers.annealed_langevin(KDE(), train.numpy(), n_samples=400, n_levels=20, steps_per_level=10,
                                             generator=generator, progress=False)
     assert isinstance(samples, np.ndarray) and samples.dtype == np.float64
-    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
-    reference = samplers.memorization_fraction(fresh, train)  # fresh draws, about 0.6
-    assert samplers.memorization_fraction(samples, train) < reference + 0.1
+    assert metrics.energy_distance(samples, fresh) < ED_THRESHOLD
+    reference = metrics.memorization_fraction(fresh, train)  # fresh draws, about 0.6
+    assert metrics.memorization_fraction(samples, train) < reference + 0.1
     # The raw empirical score (vanishing bandwidth) copies the training set instead.
     copies, _ = samplers.annealed_langevin(KDE(bandwidth=1e-3), train, n_samples=200, n_levels=20,
                                            steps_per_level=10, generator=generator, progress=False)
-    assert samplers.memorization_fraction(copies, train) > 0.9
+    assert metrics.memorization_fraction(copies, train) > 0.9
 
 
 @pytest.mark.parametrize("method", ["sde", "ode"])
@@ -221,11 +221,11 @@ def test_reverse_diffusion_with_exact_score_matches_target(mixture_sets, method:
     target, train, fresh = mixture_sets
     samples, info = samplers.reverse_diffusion(target, train, n_samples=400, n_steps=100, method=method,
                                                generator=generator, progress=False)
-    assert samplers.energy_distance(samples, fresh) < ED_THRESHOLD
+    assert metrics.energy_distance(samples, fresh) < ED_THRESHOLD
     assert info.noise_levels.shape == (101,) and info.step_sizes.shape == (100,)
     # Overdispersing the result by 30% must fail the same check (the threshold has teeth).
     centre = samples.mean(0)
-    assert samplers.energy_distance(centre + 1.3 * (samples - centre), fresh) > ED_THRESHOLD
+    assert metrics.energy_distance(centre + 1.3 * (samples - centre), fresh) > ED_THRESHOLD
 
 
 def test_contract_calls_with_defaults() -> None:

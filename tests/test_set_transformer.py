@@ -12,10 +12,13 @@ import pytest
 import torch
 
 from disco_score import DiScoFormer, DiScoFormerAverage, DiScoFormerOracle
-from disco_score.discoformer import Specialist, load_specialists
-from disco_score.model import DiScoFormerNet, ModelConfig, SetTransformerNet, build_net, canonical_frame
+from disco_score.geometric_net import DiScoFormerNet
+from disco_score.model import ModelConfig, build_net
+from disco_score.set_transformer_net import SetTransformerNet
 from disco_score.targets import random_gmm
 from disco_score.train import TrainConfig, draw_problem, export, losses, make_batch, train
+from disco_score.weights_io import Specialist, load_specialists
+from disco_score.whitening import canonical_frame
 
 D = 5
 SMALL = {"architecture": "set_transformer", "dim": D, "width": 16, "heads": 2, "sample_layers": 1,

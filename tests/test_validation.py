@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from disco_score import KDE, SDKDE, Oracle, as_oracle
-from disco_score.base import resolve_oracle
+from disco_score.defaults import resolve_oracle
 from disco_score.kde import oracle_tuned_kde
 from disco_score.targets import ProductLaplace, random_gmm
 

@@ -35,6 +35,7 @@ from .. import metrics
 from ..base import Oracle
 from ..kde import KDE, KDEOracle, _kernel_covariance, _sample_covariance, oracle_tuned_kde
 from ..targets import Banana, Funnel, GaussianMixture, ProductStudentT, Target
+from ..whitening import scott_factor
 from . import harness
 from .baselines import BICGaussianMixture, SplineFlow
 from .harness import Context, Options, derive_seed
@@ -235,7 +236,7 @@ def _oracle_tuned(problem: WildProblem) -> dict[str, Any]:
     best = oracle_tuned_kde(problem.samples, problem.queries, problem.true_log_density, problem.true_score)
     x = problem.samples
     n, d = x.shape
-    cov, scott = _sample_covariance(x), n ** (-1.0 / (d + 4))
+    cov, scott = _sample_covariance(x), scott_factor(n, d)
     centred = math.inf
     for kernel in ("full", "isotropic"):
         for rel in np.logspace(-1.5, 1.0, 26):

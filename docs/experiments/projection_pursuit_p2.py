@@ -21,7 +21,7 @@ from sklearn.covariance import ledoit_wolf
 
 from disco_score import bench
 from disco_score.metrics import score_mse
-from disco_score.model import canonical_frame
+from disco_score.whitening import canonical_frame
 from disco_score.targets import GaussianMixture
 from disco_score.whitening import Whitening
 
