@@ -6,7 +6,7 @@ Why: after whitening, two components that are far apart in the data can sit abou
 along one direction of a 100-dimensional cloud whose pair distances are about 14, and a network
 built on distances (or any kernel) cannot see them; a per-component fit can (P2's score MSE at
 n = 16384: 0.18 for the network on the whole set, 0.024 for one Gaussian per found component;
-docs/experiments.md, sessions 8 and 9).
+docs/experiments.md, "A component-finding stage on P2, prototyped without a network").
 
 How: projection pursuit in whitened coordinates ``z``. Start from the FOBI axes (eigenvectors of
 ``mean(|z|^2 z z^T)``, an equivariant frame) at both ends of the spectrum, run two searches over unit
@@ -30,15 +30,16 @@ from .whitening import canonical_frame
 
 #: split only where the best two-way split leaves less than this fraction of the projection's
 #: variance within the sides. A Gaussian projection leaves 1 - 2/pi = 0.36, a uniform one 0.25,
-#: the most bimodal directions of unimodal sets found by the search 0.22-0.27 (d = 100, n = 2048),
-#: P2's found components 0.003-0.15 (docs/experiments.md, sessions 8 and 9)
+#: the most bimodal directions of unimodal sets found by the search 0.22-0.27, P2's found
+#: components below 0.15 (docs/experiments.md, "A component-finding stage on P2, prototyped without a network")
 SPLIT_GATE = 0.2
 #: ... and below this fraction of what the search finds on Gaussian data of the same (n, d)
 #: (:func:`null_within_fraction`): with d / n large the search overfits, and splits structureless
 #: sets as well as it splits weak components
 NULL_RATIO = 0.6
 #: the search's best within-split fraction on Gaussian (and product Student-t / Laplace) samples,
-#: measured at d = 16, 50, 100 and n / d = 4 ... 160 (docs/experiments.md, session 9), fitted as
+#: measured at d = 16, 50, 100 and n / d = 4 ... 160 (docs/experiments.md, "Design: a component-finding
+#: stage before the network"), fitted as
 #: ``(1 - 2/pi) - NULL_SCALE * (d / n) ** NULL_POWER``
 NULL_SCALE, NULL_POWER = 0.476, 0.47
 #: starts x samples per search: the FOBI axes used as starts, taken from both ends of the spectrum
@@ -158,7 +159,8 @@ def _refine_split(z: torch.Tensor, split: Split, min_size: int) -> Split:
     Why: the kurtosis searches can stop at a direction that only correlates with the components: at
     d = 20, n = 16384, a 0.15 / 0.85 pair was split 97 % right along a direction leaving 0.32 of the
     variance within the sides, above the gate; one refinement gives 0.030 and 100 %. On
-    structureless sets it lowers the within fraction by 3-8 % only (docs/experiments.md, session 11).
+    structureless sets it lowers the within fraction only a little (docs/experiments.md, "Design:
+    Lloyd refinement of the split direction").
     """
     lower = split.lower
     for _ in range(REFINE_ITERS):
@@ -216,7 +218,8 @@ def reassign_to_gaussians(z: torch.Tensor, labels: torch.Tensor, min_size: int,
     ``z`` (n, d) whitened samples, ``labels`` (n,) part indices 0 … k-1 from the cuts. A cut is a
     hyperplane: a component lying across it is split, and its far piece rides along as a small
     clump at the edge of a neighbour, which that part's network must then model as well (d = 10,
-    n = 16384: 58 of one component's 795 points; docs/experiments.md, session 10). Each round fits
+    n = 16384: 58 of one component's 795 points; docs/experiments.md, "Design: the component stage
+    from d = 5, with a minimum part size and reassignment"). Each round fits
     every part's mean and covariance and assigns each sample to the largest
     ``log(count) + log N(z; mean, cov)``; a round that would leave a part below ``min_size`` points
     is not taken. The log-likelihood is affine-invariant, so the parts stay equivariant.
@@ -259,8 +262,8 @@ class GaussianEnvelopes:
     (c = ``inflation``), so the envelope falls as a Gaussian c times wider than the component's fit.
 
     Why: a network fitted on one component's samples can put too much density far from them, in
-    another component's region, and take part of the posterior there (d = 10, n = 65536: 2.6 % at
-    one component's queries, and its score error grew 30x; docs/experiments.md, sessions 10 and 11).
+    another component's region, and take part of the posterior there (d = 10: 2.6 % of it at one
+    component's queries; docs/experiments.md, "Design: a Gaussian envelope on each found component").
     :meth:`cap` bounds each component's log-density ``a`` by the smooth minimum
     ``a - softplus(a - b)``; where ``a`` is well below ``b`` (the component's own region) it is
     unchanged. Every quantity is affine-equivariant, so the mixture stays so.

@@ -33,18 +33,18 @@ from .whitening import Whitening, scott_factor
 logger = logging.getLogger(__name__)
 
 #: ``smoothed(sigma)`` is the exact convolution of the samples from this many Scott bandwidths up
-#: (the refitted network below): the score-MSE optimum per noise level (docs/experiments.md, session 4)
+#: (the refitted network below): the score-MSE optimum per noise level
+#: (docs/experiments.md, "Noise-conditional score of DiScoFormer: what `smoothed(σ)` should do")
 SMOOTHED_CONVOLUTION_THRESHOLD = 1.5
 
-#: components are looked for from this dimension up. In d >= 16 whitening hides them from the
-#: network (session 9); at d = 10 the network sees them but fits one component far better than
-#: several (seed-1 GMM-prior targets, n = 16384: 9.4 % relative score MSE on the whole set, 2.3 %
-#: per component; docs/experiments.md, session 10). At d = 2 the prior's components overlap and
-#: no split fired in the probes; d <= 2 is left to the network and its grid normaliser.
+#: components are looked for from this dimension up: in high d whitening hides them from the
+#: network, and at d = 10 it fits one component far better than several (9.4 % relative score MSE
+#: on a whole set, 2.3 % per component); below d = 5 no split fired in the probes (docs/experiments.md,
+#: "Design: the component stage from d = 5, with a minimum part size and reassignment").
 SPLIT_MIN_DIM = 5
 #: the fewest samples a found component may have (or 2 (d + 1), to whiten it): on fewer, the
-#: network alone does worse than on the whole set (d = 10, n = 256 cut into ~60-point parts:
-#: 50 % against 23 %; 192 was the best of 32 … 512 at n = 1024 … 4096; session 10)
+#: network does worse on the parts than on the whole set; 192 was the best of 32 … 512
+#: (docs/experiments.md, "Design: the component stage from d = 5, with a minimum part size and reassignment")
 MIN_COMPONENT_SIZE = 192
 #: queries further than this from the samples' mean (in whitened units, i.e. data standard
 #: deviations) are refused: the network's float32 Gram features of its curvature channels
@@ -197,9 +197,9 @@ class DiScoFormer(Estimator):
         standard-normal samples in d dimensions, evaluated at 1024 fresh draws (seeded; cached).
 
         Why: trained on the GMM prior, where most sets have several components, the network sets
-        the level of its log-density for those; on one component it is too high (d = 100: +2.1 /
-        +3.3 / +3.8 / +4.3 / +4.5 nats at n = 512 … 8192; docs/experiments.md, session 9). A found
-        component is one such set, so its log-density is lowered by this offset. It depends on
+        the level of its log-density for those; on one component it is too high (d = 100: up to
+        +4.5 nats; docs/experiments.md, "The components' log-density level"). A found component is
+        one such set, so its log-density is lowered by this offset. It depends on
         (n, d) and the network only, so the fit stays exactly equivariant.
         """
         key = (n, d, id(self.net_for(n, d)))
@@ -218,8 +218,9 @@ class DiScoFormer(Estimator):
         specialist = self._specialist_for(*part.shape)
         if specialist is None or specialist.bag_size is None or part.shape[0] <= specialist.bag_size:
             return [part]
-        # every subset at most the trained n: a found component of 4096 < n < 8192 fitted whole got
-        # worse with n (d = 10, seed-1 target 0: 2.27 % at n = 2^14, 2.79 % at 2^15; session 10)
+        # every subset at most the trained n: a found component above it, fitted whole, got worse with
+        # more samples (docs/experiments.md, "Design: the component stage from d = 5, with a minimum
+        # part size and reassignment")
         z = Whitening.from_samples(part).forward(part.to(torch.float64))
         return [part[idx] for idx in interleaved_subsets(z, -(-part.shape[0] // specialist.bag_size))]
 
@@ -442,18 +443,13 @@ class DiScoFormerOracle(Oracle):
         return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
 
     def _smoothed(self, sigma: float) -> Oracle:
-        # Two regimes (docs/experiments.md, sessions 4 and 5). At large sigma the empirical measure
-        # convolved with N(0, sigma^2 I) -- a KDE with kernel sigma^2 I, exact to evaluate -- is the
-        # better estimate of p * N(0, sigma^2 I) (d = 10, sigma = 1 sd: 1.3 % relative score MSE
-        # against 10 % for a refit). Below the threshold the network is refitted on one noised copy
-        # of the samples, a sample of the convolved law, so samplers keep its smoothing and do not
-        # copy the data. By score MSE the switch belongs at ~1.5 Scott bandwidths, and there DDIM
-        # does not copy the data (from 0.4 it does: memorization 0.95 at d = 10). Annealed Langevin
-        # does better from 0.4: the refit's error is a systematic outward bias that its chains
-        # equilibrate to at every level (over-dispersed samples), while the convolution's error is
-        # variance far from the data, where chains rarely go, and the refit levels below still
-        # spread the points off the data. (Several noised replicas made near-duplicate pairs
-        # at small sigma, which the network reads as tight clusters: 60 % error at d = 10.)
+        # Two regimes. From the threshold up, the samples convolved with N(0, sigma^2 I) (a KDE of
+        # kernel sigma^2 I, exact to evaluate) estimate p * N(0, sigma^2 I) better than a refit; below
+        # it, the network refitted on one noised copy of the samples (a sample of the convolved law)
+        # keeps its smoothing, so samplers do not copy the data. The default switch is the score-MSE
+        # optimum; annealed Langevin asks for a lower one (samplers.LANGEVIN_CONVOLUTION_THRESHOLD).
+        # One copy, because several make near-duplicate pairs the network reads as tight clusters
+        # (docs/experiments.md, "Noise-conditional score of DiScoFormer: what `smoothed(σ)` should do").
         n = self.samples.shape[0]
         x = self.samples.to(torch.float64)
         data_sd = _data_sd(x)
@@ -663,10 +659,9 @@ class DiScoFormerAverage(_FitParts):
     ``v_j`` the subsets' shares of the samples: a normalised geometric mean, up to the fits'
     disagreement. Why not their mixture: every subset estimates the same density, and far from the
     samples a mixture follows whichever fit has the heaviest tail there, more so the more subsets;
-    in a mixture of components, that tail leaks into the other components' regions (d = 10,
-    n = 65536: 2.6 % of the posterior at one component's queries went to other components' subsets,
-    and its score error grew 30x; docs/experiments.md, session 10). ``smoothed(sigma)`` averages the
-    smoothed subsets.
+    in a mixture of components, that tail leaks into the other components' regions (there, one
+    component's score error grew 30x; docs/experiments.md, "Design: subsets of one set are averaged
+    in log-density, not mixed"). ``smoothed(sigma)`` averages the smoothed subsets.
 
     Attributes:
         samples: (n, d) all fitted samples.

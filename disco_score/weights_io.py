@@ -73,16 +73,17 @@ def load_weights(weights_dir: Path = WEIGHTS_DIR, name: str = WEIGHTS_NAME, veri
 
 @dataclass(frozen=True)
 class Specialist:
-    """A dimension-specific network (:class:`~disco_score.set_transformer_net.SetTransformerNet`) and the sample
-    sizes it serves: ``fit`` uses it for ``d == net.cfg.dim`` and ``n <= max_n``, the general
+    """A dimension-specific network (:class:`~disco_score.set_transformer_net.SetTransformerNet`) and
+    the sample sizes it serves: ``fit`` uses it for ``d == net.cfg.dim`` and ``n <= max_n``, the general
     network otherwise (``max_n`` None: every n).
 
     ``bag_size`` (None: off): the largest n the network was trained at. ``fit`` cuts a larger set
     into ``ceil(n / bag_size)`` interleaved subsets, none above the trained n
     (:func:`~disco_score.components.interleaved_subsets`), fits each, and averages the fits'
-    log-densities with weights by size (:class:`~disco_score.discoformer.DiScoFormerAverage`): beyond its trained n the
-    network gets worse with more samples, while the average of fits at the trained n keeps
-    improving (docs/experiments.md, sessions 9 and 10), at a fraction of the O(n^2) cost.
+    log-densities with weights by size (:class:`~disco_score.discoformer.DiScoFormerAverage`):
+    beyond its trained n the network gets worse with more samples, while the average of fits at the
+    trained n keeps improving, at a fraction of the O(n^2) cost (docs/experiments.md, "Design:
+    specialists fit sets above their trained n as a mixture of interleaved subsets").
     """
 
     net: SetTransformerNet

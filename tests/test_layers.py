@@ -10,7 +10,11 @@ implementation. Run as a script, this prints the graph's cycles.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"disco_score": ROOT / "disco_score", "disco_score.bench": ROOT / "disco_score" / "bench",
@@ -150,6 +154,49 @@ def test_no_import_cycle():
 def test_the_interface_imports_no_implementation():
     allowed = {"disco_score._checks"}
     assert import_graph()["disco_score.base"] <= allowed
+
+
+def test_samplers_depend_on_the_interface_not_on_discoformer():
+    graph = import_graph()
+    for module in ("disco_score.samplers", "disco_score.particles", "disco_score.information",
+                   "disco_score.components", "disco_score.integrations._jax_bridge"):
+        assert "disco_score.discoformer" not in graph[module], module
+        assert not {"disco_score.geometric_net", "disco_score.set_transformer_net"} & graph[module], module
+
+
+def test_every_oracle_takes_a_default_convolution_threshold():
+    from disco_score import KDE, DiScoFormer
+
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    kde = KDE().fit(x)
+    assert kde.with_default_convolution_threshold(0.4) is kde  # no switch: unchanged
+    fit = DiScoFormer.pretrained().fit(x)
+    assert fit.with_default_convolution_threshold(0.4)._convolution_threshold == 0.4
+    fixed = DiScoFormer.pretrained(convolution_threshold=2.0).fit(x)
+    assert fixed.with_default_convolution_threshold(0.4) is fixed  # the user's choice stands
+
+
+def test_stored_configs_map_to_their_architectures():
+    from disco_score.geometric_net import GeometricConfig
+    from disco_score.model import ModelConfig, config_from_dict
+    from disco_score.set_transformer_net import SetTransformerConfig
+
+    for card_path in sorted((ROOT / "disco_score" / "weights").glob("*.json")):
+        card = json.loads(card_path.read_text())
+        cfg = config_from_dict(card["model_config"])  # the flat dicts written before the split
+        assert config_from_dict(cfg.to_dict()) == cfg
+        train_model = card["meta"].get("train_config", {}).get("model")
+        if train_model:
+            assert config_from_dict(train_model) == cfg
+    for config_path in sorted((ROOT / "configs").glob("*.json")):
+        raw = json.loads(config_path.read_text()).get("model", {})
+        assert isinstance(config_from_dict(raw), (GeometricConfig, SetTransformerConfig))
+    assert ModelConfig(width=32) == GeometricConfig(width=32)
+    assert ModelConfig(architecture="set_transformer", dim=3, gram_rank=8) == SetTransformerConfig(dim=3)
+    with pytest.raises(TypeError, match="widht"):
+        ModelConfig(widht=32)
+    with pytest.raises(ValueError, match="architecture"):
+        ModelConfig(architecture="mlp")
 
 
 if __name__ == "__main__":
