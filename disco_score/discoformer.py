@@ -39,7 +39,7 @@ SMOOTHED_CONVOLUTION_THRESHOLD = 1.5
 
 #: components are looked for from this dimension up: in high d whitening hides them from the
 #: network, and at d = 10 it fits one component far better than several (9.4 % relative score MSE
-#: on a whole set, 2.3 % per component); below d = 5 no split fired in the probes (docs/experiments.md,
+#: on a whole set, 2.3 % per component); at d = 2 no split fired in the probes (docs/experiments.md,
 #: "Design: the component stage from d = 5, with a minimum part size and reassignment").
 SPLIT_MIN_DIM = 5
 #: the fewest samples a found component may have (or 2 (d + 1), to whiten it): on fewer, the

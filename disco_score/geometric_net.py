@@ -1,5 +1,5 @@
-"""The geometric network (:class:`DiScoFormerNet`): one set of weights for every d. One file, plain torch
-(in the spirit of nanoGPT), with its config (:class:`GeometricConfig`).
+"""The geometric network (:class:`DiScoFormerNet`), one set of weights for every d, and its config
+(:class:`GeometricConfig`). One file, plain torch (in the spirit of nanoGPT).
 
 The network works on *whitened* samples ``z`` (n, d) and queries ``y`` (m, d) (the caller whitens;
 see :mod:`disco_score.whitening`) and returns the log-density and the score at the queries.

@@ -74,7 +74,7 @@ class SetTransformerNet(nn.Module):
     (:func:`canonical_frame`) so rotations are exact, not learned. Tokens see their coordinates, so the
     input layer depends on ``d``: one network per dimension (selected by d in
     :class:`~disco_score.discoformer.DiScoFormer`). Same ``encode`` / ``query`` interface as
-    :class:`DiScoFormerNet`.
+    :class:`~disco_score.geometric_net.DiScoFormerNet`.
     """
 
     n_ctx = 6
@@ -139,7 +139,8 @@ class SetTransformerNet(nn.Module):
         return self.query(self.encode(samples), queries)
 
     def query_side_parameters(self) -> list[nn.Parameter]:
-        """Parameters outside the sample encoder (see :meth:`DiScoFormerNet.query_side_parameters`)."""
+        """Parameters outside the sample encoder (see
+        :meth:`~disco_score.geometric_net.DiScoFormerNet.query_side_parameters`)."""
         return _outside(self, self.ENCODER_MODULES)
 
     #: the head's biases are a level (which a normalised likelihood cancels) and a score shift
