@@ -335,3 +335,16 @@ def test_scaling_records_discoformer_above_its_size_as_not_run() -> None:
     assert report._cell_text(row, "relative_score_mse")[0] == f"not run (n > {bench_cells.SCALING_DISCOFORMER_MAX_N})"
     table = report._sweep_table([{"n": big.n, "rows": {"discoformer": row}}], "n", "relative_score_mse")
     assert any("O(n^2) sample encoder" in line for line in table)
+
+
+def test_published_figures_and_protocol_reference_values_are_package_data() -> None:
+    published, reference = suites.load_published()
+    labels = {c.label for c in bench_cells.accuracy_cells(quick=False)}
+    assert set(published) <= labels and set(reference) <= labels  # keyed by cells that exist
+    assert set(published) >= {"P1 d=2 n=256", "P2 d=100 n=16384"}
+    disco, best_kde = published["P2 d=100 n=2048"]
+    assert disco["ratios"] == {k: v / best_kde["values"][k] for k, v in disco["values"].items()}
+    assert disco["ratios"]["score_mse"] == pytest.approx(0.167 / 1.090)
+    assert all("published, not re-measured" in entry["label"] for entries in published.values() for entry in entries)
+    assert reference["P1 d=2 n=256"]["kde-oracle"] == {"relative_score_mse": 0.186}
+    assert {key for cell in reference.values() for key in cell} <= set(bench_rows.ESTIMATORS)
