@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .base import Estimator, Oracle
+from .generate import generate, scatter_points
 from .samplers import ChainDiverged
 
 logger = logging.getLogger(__name__)
@@ -451,23 +452,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diffusers_sample(estimator: Estimator, data: np.ndarray, method: str, n_samples: int, steps: int,
-                      generator: torch.Generator, progress: bool) -> np.ndarray:
-    import diffusers
-
-    from .integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline
-
-    if method == "ddim":
-        scheduler = diffusers.DDIMScheduler(clip_sample=False)
-    elif method == "ddpm":
-        scheduler = diffusers.DDPMScheduler(clip_sample=False)
-    else:
-        scheduler = diffusers.EulerDiscreteScheduler()
-    pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(estimator, data), scheduler)
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
-    return pipe(num_samples=n_samples, num_inference_steps=steps, generator=generator, output_type="np").samples
-
-
 def draw_samples(estimator: Estimator, data: np.ndarray, method: str, n_samples: int, steps: int | None,
                  step_size: float | None, seed: int, progress: bool = True) -> np.ndarray:
     """(n_samples, d) float64 samples from the estimator fitted to ``data`` with a ``sample`` method.
@@ -489,13 +473,9 @@ def draw_samples(estimator: Estimator, data: np.ndarray, method: str, n_samples:
                             generator=generator, progress=progress)
         if info.acceptance_rate is not None:
             logger.info("MALA acceptance rate %.2f", info.acceptance_rate)
-    elif method == "annealed":
-        samples, info = samplers.annealed_langevin(estimator, data, n_samples, steps_per_level=steps or 20,
-                                                   generator=generator, progress=progress)
-        logger.info("annealed Langevin: %d noise levels %.3g -> %.3g, %d steps",
-                    len(info.noise_levels), info.noise_levels[0], info.noise_levels[-1], info.n_steps)
-    else:
-        samples = _diffusers_sample(estimator, data, method, n_samples, steps or 50, generator, progress)
+    else:  # annealed Langevin or a diffusers scheduler: shared with the benchmark's sampling suites
+        samples = generate(method, estimator, data, n_samples, steps=steps, generator=generator, progress=progress,
+                           logger=logger)
     return np.asarray(samples, dtype=np.float64)
 
 
@@ -524,8 +504,8 @@ def plot_samples(path: Path, data: np.ndarray, samples: np.ndarray, title: str) 
         ax.hist(samples[:, 0], bins=bins, density=True, alpha=0.5, color="C0", label="generated")
         ax.set_xlabel("x_1")
     else:
-        ax.scatter(data[:, 0], data[:, 1], s=4, color="0.6", alpha=0.6, label="data")
-        ax.scatter(samples[:, 0], samples[:, 1], s=4, color="C0", alpha=0.7, label="generated")
+        scatter_points(ax, data, "0.6", 4, label="data", alpha=0.6)
+        scatter_points(ax, samples, "C0", 4, label="generated", alpha=0.7)
         ax.set_xlabel("x_1")
         ax.set_ylabel("x_2")
         ax.set_aspect("equal", adjustable="datalim")
@@ -636,14 +616,14 @@ def _plot_demo(path: Path, data: np.ndarray, target: Oracle | None, oracles: dic
             unit = score / np.maximum(norm, 1e-12)
             ax.quiver(coarse[:, 0], coarse[:, 1], unit[:, 0], unit[:, 1], color="white", alpha=0.7, width=0.004)
         else:
-            ax.scatter(data[:, 0], data[:, 1], s=3, color="0.3")
+            scatter_points(ax, data, "0.3", 3)
         title = name
         if name in results:
             title += f"\nrel. score MSE {results[name]['relative_score_mse']:.3f}"
         ax.set_title(title, fontsize=10)
         ax.set_aspect("equal")
-    axes[-1].scatter(data[:, 0], data[:, 1], s=3, color="0.6", label="data")
-    axes[-1].scatter(generated[:, 0], generated[:, 1], s=3, color="C3", label="annealed Langevin")
+    scatter_points(axes[-1], data, "0.6", 3, label="data")
+    scatter_points(axes[-1], generated, "C3", 3, label="annealed Langevin")
     axes[-1].legend(loc="lower left", fontsize=8, markerscale=3)
     axes[-1].set_title(f"annealed Langevin ({sampler_name} score)", fontsize=10)
     axes[-1].set_aspect("equal")

@@ -1,4 +1,4 @@
-"""The benchmark harness: quick runs on KDE rows only, into a temporary directory.
+"""The benchmark (disco_score.bench): quick runs on KDE rows only, into a temporary directory.
 
 Checks the JSON and markdown structure, that failures are recorded rather than raised, that
 --compare works, that the oracle-tuned KDE never loses to Scott's KDE (its grid contains Scott's
@@ -17,27 +17,37 @@ import pytest
 import torch
 
 from disco_score import KDE
-from disco_score.bench import harness as bench
+from disco_score.bench import cells as bench_cells
+from disco_score.bench import cli, problems, registry, report, suites
+from disco_score.bench import rows as bench_rows
 from disco_score.targets import GaussianMixture
 
 KDE_ROWS = ["kde-scott", "kde-oracle"]
 
 
 def _run(tmp_path: Path, *args: str) -> int:
-    return bench.main([*args, "--out-dir", str(tmp_path), "--no-progress"])
+    return cli.main([*args, "--out-dir", str(tmp_path), "--no-progress"])
+
+
+def _move_to_commit(monkeypatch: pytest.MonkeyPatch, commit: str) -> None:
+    """Pretend the checkout is at ``commit``: both look-ups of :func:`git_commit`, the run metadata's
+    (:mod:`.problems`) and the cell log's (:mod:`.cells`)."""
+    monkeypatch.setattr(problems, "git_commit", lambda: commit)
+    monkeypatch.setattr(bench_cells, "git_commit", lambda: commit)
 
 
 def _load(tmp_path: Path, suite: str) -> dict:
     return json.loads((tmp_path / "benchmarks" / f"{suite}.json").read_text())
 
 
-def _broken(problem: bench.Problem, ctx: bench.Context):
+def _broken(problem: problems.Problem, ctx: bench_rows.Context):
     raise RuntimeError("injected failure")
 
 
 @pytest.fixture
 def broken_row(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(bench.ESTIMATORS, "broken", bench.RowSpec("broken", "Broken estimator", fit=_broken))
+    monkeypatch.setitem(bench_rows.ESTIMATORS, "broken",
+                        bench_rows.RowSpec("broken", "Broken estimator", fit=_broken))
     return "broken"
 
 
@@ -59,7 +69,7 @@ def test_quick_accuracy_structure_failures_and_compare(tmp_path: Path, broken_ro
         assert len(cell["seeds"]) == cell["targets"] and cell["m"] == 1024
         scott, tuned = rows["kde-scott"], rows["kde-oracle"]
         assert scott["status"] == tuned["status"] == "ok"
-        for metric in bench.METRICS:
+        for metric in bench_rows.METRICS:
             # Scott's bandwidth with the full kernel is on the oracle's grid: never worse, per target.
             assert tuned["values"][metric] <= scott["values"][metric] * (1 + 1e-12)
             for s_t, o_t in zip(scott["per_target"], tuned["per_target"]):
@@ -99,15 +109,15 @@ def test_quick_accuracy_structure_failures_and_compare(tmp_path: Path, broken_ro
 
 
 def test_failed_suite_is_recorded_and_the_run_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(opts: bench.Options, ctx: bench.Context) -> dict:
+    def explode(opts: bench_cells.Options, ctx: bench_rows.Context) -> dict:
         raise ValueError("suite exploded")
 
-    monkeypatch.setitem(bench.RUNNERS, "accuracy", explode)
-    monkeypatch.setitem(bench.RUNNERS, "speed", lambda opts, ctx: {"cells": [], "timeout_seconds": 1.0})
-    monkeypatch.setitem(bench.RUNNERS, "scaling", lambda opts, ctx: {"cells": []})
-    monkeypatch.setitem(bench.RUNNERS, "downstream", lambda opts, ctx: {"cells": [], "information": {}})
+    monkeypatch.setitem(registry.RUNNERS, "accuracy", explode)
+    monkeypatch.setitem(registry.RUNNERS, "speed", lambda opts, ctx: {"cells": [], "timeout_seconds": 1.0})
+    monkeypatch.setitem(registry.RUNNERS, "scaling", lambda opts, ctx: {"cells": []})
+    monkeypatch.setitem(registry.RUNNERS, "downstream", lambda opts, ctx: {"cells": [], "information": {}})
     for suite in ("sampling", "ppl", "wild"):  # measured by their own tests; here only the run's flow
-        monkeypatch.setitem(bench.RUNNERS, suite, lambda opts, ctx: {"cells": [], "sampling": []})
+        monkeypatch.setitem(registry.RUNNERS, suite, lambda opts, ctx: {"cells": [], "sampling": []})
     assert _run(tmp_path, "all", "--quick") == 1
     failed = _load(tmp_path, "accuracy")
     assert failed["status"] == "failed" and "ValueError: suite exploded" in failed["error"]
@@ -144,7 +154,7 @@ def test_speed_subprocess_records_time_memory_and_timeouts(tmp_path: Path) -> No
         assert values["seconds"] == pytest.approx(values["fit_seconds"] + values["eval_seconds"])
         assert values["peak_rss_mb"] >= values["rss_before_mb"] > 10
     assert cell["rows"]["kde-scott"]["ratio_to_kde"] == pytest.approx(1.0)
-    timed_out = bench.run_speed_config({"estimator": "kde-scott", "d": 2, "n": 256, "seed": 0}, timeout=0.01)
+    timed_out = suites.run_speed_config({"estimator": "kde-scott", "d": 2, "n": 256, "seed": 0}, timeout=0.01)
     assert timed_out["status"] == "timeout" and "time-out" in timed_out["error"]
     assert "d = 2" in (tmp_path / "BENCHMARKS.md").read_text()
     # --reuse: the committed cell is taken verbatim, nothing is timed again
@@ -157,9 +167,9 @@ def test_speed_subprocess_records_time_memory_and_timeouts(tmp_path: Path) -> No
 
 def test_integrated_squared_error_matches_closed_form() -> None:
     # For two Gaussian mixtures the ISE is exact: sum_ij a_i b_j N(mu_i - nu_j; 0, S_i + T_j) terms.
-    problem = bench.make_problem("gmm", 1, 64, 0, seed=3, m=8)
+    problem = problems.make_problem("gmm", 1, 64, 0, seed=3, m=8)
     oracle = KDE().fit(problem.samples)
-    got = bench.integrated_squared_error(oracle, problem)["ise"]
+    got = suites.integrated_squared_error(oracle, problem)["ise"]
 
     def cross(w1, m1, v1, w2, m2, v2) -> float:
         var = v1[:, None] + v2[None, :]
@@ -193,24 +203,24 @@ def test_em_row_recovers_a_separated_mixture() -> None:
     covs = torch.tensor([[[0.5, 0.1], [0.1, 0.4]], [[0.8, 0.0], [0.0, 0.3]]], dtype=torch.float64)
     target = GaussianMixture(weights, means, covs)
     gen = torch.Generator().manual_seed(0)
-    queries = bench.draw(target, 512, gen)
-    problem = bench.Problem(target, bench.draw(target, 4096, gen), queries, target.log_prob_t(queries),
+    queries = problems.draw(target, 512, gen)
+    problem = problems.Problem(target, problems.draw(target, 4096, gen), queries, target.log_prob_t(queries),
                             target.score_t(queries), 0, 0)
-    em = bench.ESTIMATORS["em"].fit(problem, bench.Context())  # type: ignore[misc]
-    figures = bench.query_metrics(em, problem)
+    em = bench_rows.ESTIMATORS["em"].fit(problem, bench_rows.Context())  # type: ignore[misc]
+    figures = bench_rows.query_metrics(em, problem)
     assert figures["relative_score_mse"] < 0.02 and figures["log_density_mse"] < 0.01
-    laplace = bench.make_problem("laplace", 2, 64, 0, seed=0, m=8)
-    assert not bench.ESTIMATORS["em"].applies(laplace)
+    laplace = problems.make_problem("laplace", 2, 64, 0, seed=0, m=8)
+    assert not bench_rows.ESTIMATORS["em"].applies(laplace)
 
 
 def test_problems_are_seeded_and_share_targets_across_n() -> None:
-    small, large = bench.make_problem("gmm", 3, 100, 2, seed=5), bench.make_problem("gmm", 3, 300, 2, seed=5)
-    again = bench.make_problem("gmm", 3, 100, 2, seed=5)
+    small, large = problems.make_problem("gmm", 3, 100, 2, seed=5), problems.make_problem("gmm", 3, 300, 2, seed=5)
+    again = problems.make_problem("gmm", 3, 100, 2, seed=5)
     assert torch.equal(small.samples, again.samples) and small.samples.dtype == torch.float64
     assert torch.equal(small.queries, large.queries) and small.queries.shape == (1024, 3)
     assert not torch.equal(small.samples, large.samples[:100])
     assert torch.allclose(small.true_score, small.target.score_t(small.queries))
-    assert bench.draw(bench.make_target("p2", 100, torch.Generator().manual_seed(0)), 3000,
+    assert problems.draw(problems.make_target("p2", 100, torch.Generator().manual_seed(0)), 3000,
                       torch.Generator().manual_seed(1)).shape == (3000, 100)
 
 
@@ -223,62 +233,62 @@ def test_problems_are_seeded_and_share_targets_across_n() -> None:
 ])
 def test_bad_arguments_are_refused(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        bench.main(args)
+        cli.main(args)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_resume_reuses_logged_cells_and_only_those(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["accuracy", "--quick", "--estimators", "kde-scott", "--out-dir", str(tmp_path), "--no-progress"]
-    assert bench.main([*args, "--only", "P1 d=2"]) == 0
+    assert cli.main([*args, "--only", "P1 d=2"]) == 0
     first = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"][0]
     calls = []
-    real = bench.make_problem
-    first_commit = bench.git_commit()
-    monkeypatch.setattr(bench, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
-    monkeypatch.setattr(bench, "git_commit", lambda: "later0")  # the resumed run is at another commit
-    assert bench.main([*args, "--only", "P1", "--resume"]) == 0
+    real = bench_cells.make_problem
+    first_commit = problems.git_commit()
+    monkeypatch.setattr(bench_cells, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
+    _move_to_commit(monkeypatch, "later0")  # the resumed run is at another commit
+    assert cli.main([*args, "--only", "P1", "--resume"]) == 0
     cells = json.loads((tmp_path / "benchmarks" / "accuracy.json").read_text())["cells"]
     assert {k: v for k, v in cells[0].items() if k != "measured_at"} == first  # reused verbatim
     assert cells[0]["measured_at"]["commit"] == first_commit and "measured_at" not in cells[1]
     assert {c[1] for c in calls} == {10}  # only the d = 10 cell was computed
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert f"P1 d=2 n=256 (commit `{first_commit}`" in report and "P1 d=10 n=256 (commit" not in report
-    assert bench.main([*args, "--only", "P1 d=2", "--seed", "1", "--resume"]) == 0  # other seed: recomputed
+    assert cli.main([*args, "--only", "P1 d=2", "--seed", "1", "--resume"]) == 0  # other seed: recomputed
     assert any(c[1] == 2 for c in calls)
 
 
 def test_reuse_takes_a_committed_result_except_the_rerun_cells(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["accuracy", "--quick", "--estimators", "kde-scott", "--no-progress", "--only", "P1"]
-    assert bench.main([*args, "--out-dir", str(tmp_path / "old")]) == 0
+    assert cli.main([*args, "--out-dir", str(tmp_path / "old")]) == 0
     old_path = tmp_path / "old" / "benchmarks" / "accuracy.json"
     old = json.loads(old_path.read_text())
     calls = []
-    real = bench.make_problem
-    monkeypatch.setattr(bench, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
-    monkeypatch.setattr(bench, "git_commit", lambda: "later0")
+    real = bench_cells.make_problem
+    monkeypatch.setattr(bench_cells, "make_problem", lambda *a, **k: calls.append(a) or real(*a, **k))
+    _move_to_commit(monkeypatch, "later0")
     new_dir = tmp_path / "new"
-    assert bench.main([*args, "--out-dir", str(new_dir), "--reuse", str(old_path), "--rerun", "d=10"]) == 0
+    assert cli.main([*args, "--out-dir", str(new_dir), "--reuse", str(old_path), "--rerun", "d=10"]) == 0
     cells = json.loads((new_dir / "benchmarks" / "accuracy.json").read_text())["cells"]
     assert {c[1] for c in calls} == {10}  # only the d = 10 cell was measured again
     assert {k: v for k, v in cells[0].items() if k != "measured_at"} == old["cells"][0]
     assert cells[0]["measured_at"]["commit"] == old["meta"]["commit"] and "measured_at" not in cells[1]
     with pytest.raises(SystemExit):  # other rows than the reused file's: refused, not mixed
-        bench.main(["accuracy", "--quick", "--estimators", "kde-oracle", "--no-progress", "--only", "P1",
+        cli.main(["accuracy", "--quick", "--estimators", "kde-oracle", "--no-progress", "--only", "P1",
                     "--out-dir", str(new_dir), "--reuse", str(old_path)])
     with pytest.raises(SystemExit):
-        bench.main([*args, "--rerun", "d=10"])  # --rerun without --reuse
+        cli.main([*args, "--rerun", "d=10"])  # --rerun without --reuse
 
 
 def test_row_above_its_size_limit_is_recorded_as_skipped(tmp_path: Path) -> None:
-    spec = bench.ESTIMATORS["sdkde-discoformer"]
+    spec = bench_rows.ESTIMATORS["sdkde-discoformer"]
     assert spec.max_n is not None
-    problem = bench.make_problem("gmm", 2, spec.max_n + 1, 0, 0, m=8)
-    entry = bench._evaluate_row(spec, problem, bench.Context(), bench.query_metrics)
+    problem = problems.make_problem("gmm", 2, spec.max_n + 1, 0, 0, m=8)
+    entry = bench_rows._evaluate_row(spec, problem, bench_rows.Context(), bench_rows.query_metrics)
     assert entry["status"] == "skipped" and f"n = {spec.max_n}" in entry["error"]
-    row = bench._aggregate(spec, [entry, entry])
-    assert row["status"] == "skipped" and bench._cell_text(row, "score_mse")[0] == f"not run (n > {spec.max_n})"
+    row = bench_rows._aggregate(spec, [entry, entry])
+    assert row["status"] == "skipped" and report._cell_text(row, "score_mse")[0] == f"not run (n > {spec.max_n})"
 
 
 def test_sampling_quick_ranks_sources_and_flags_copying(tmp_path: Path) -> None:
@@ -286,7 +296,7 @@ def test_sampling_quick_ranks_sources_and_flags_copying(tmp_path: Path) -> None:
     assert _run(tmp_path, "sampling", "--quick", "--estimators", "exact", "kde-scott", "empirical") == 0
     (cell,) = _load(tmp_path, "sampling")["cells"]
     rows = cell["rows"]
-    assert set(rows) == {f"{s}|{m}" for s in ("exact", "kde-scott", "empirical") for m in bench.SAMPLING_METHODS}
+    assert set(rows) == {f"{s}|{m}" for s in ("exact", "kde-scott", "empirical") for m in suites.SAMPLING_METHODS}
     assert all(row["status"] == "ok" for row in rows.values())
     # fresh draws sit at the floor; overdispersed or collapsed sets would not (see test_samplers)
     assert cell["floor"] < rows["exact|DDIM (diffusers)"]["values"]["energy_distance"] < 3 * cell["floor"]
@@ -316,12 +326,25 @@ def test_ppl_quick_kde_prior_matches_the_analytic_posterior(tmp_path: Path) -> N
 
 
 def test_scaling_records_discoformer_above_its_size_as_not_run() -> None:
-    cells = {c.label: c for c in bench.scaling_cells(quick=False)}
+    cells = {c.label: c for c in bench_cells.scaling_cells(quick=False)}
     assert cells["vs n d=2 n=32768"].skip_rows == ()
     assert cells["vs n d=10 n=131072"].skip_rows == ()  # the d = 10 specialist fits it as subsets
     big = cells["vs n d=2 n=131072"]
     assert big.skip_rows == ("discoformer",) and "O(n^2)" in big.skip_reason
     row = {"status": "skipped", "error": big.skip_reason, "label": "DiScoFormer"}
-    assert bench._cell_text(row, "relative_score_mse")[0] == f"not run (n > {bench.SCALING_DISCOFORMER_MAX_N})"
-    table = bench._sweep_table([{"n": big.n, "rows": {"discoformer": row}}], "n", "relative_score_mse")
+    assert report._cell_text(row, "relative_score_mse")[0] == f"not run (n > {bench_cells.SCALING_DISCOFORMER_MAX_N})"
+    table = report._sweep_table([{"n": big.n, "rows": {"discoformer": row}}], "n", "relative_score_mse")
     assert any("O(n^2) sample encoder" in line for line in table)
+
+
+def test_published_figures_and_protocol_reference_values_are_package_data() -> None:
+    published, reference = suites.load_published()
+    labels = {c.label for c in bench_cells.accuracy_cells(quick=False)}
+    assert set(published) <= labels and set(reference) <= labels  # keyed by cells that exist
+    assert set(published) >= {"P1 d=2 n=256", "P2 d=100 n=16384"}
+    disco, best_kde = published["P2 d=100 n=2048"]
+    assert disco["ratios"] == {k: v / best_kde["values"][k] for k, v in disco["values"].items()}
+    assert disco["ratios"]["score_mse"] == pytest.approx(0.167 / 1.090)
+    assert all("published, not re-measured" in entry["label"] for entries in published.values() for entry in entries)
+    assert reference["P1 d=2 n=256"]["kde-oracle"] == {"relative_score_mse": 0.186}
+    assert {key for cell in reference.values() for key in cell} <= set(bench_rows.ESTIMATORS)

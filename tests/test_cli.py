@@ -304,6 +304,20 @@ def test_sample_with_a_diffusers_scheduler(capsys, tmp_path):
     assert np.median(np.abs(radius - 2.0)) < 0.5
 
 
+@pytest.mark.parametrize("method, bench_method", [("annealed", "annealed Langevin"), ("ddim", "DDIM (diffusers)")])
+def test_sample_and_the_benchmark_generate_alike(method, bench_method):
+    """``disco-score sample`` and the benchmark's sampling suites call one generation function."""
+    if method == "ddim":
+        pytest.importorskip("diffusers")
+    from disco_score.generate import generate
+
+    data = datasets.ring_mixture().sample(200, torch.Generator().manual_seed(0)).numpy()
+    ours = cli.draw_samples(KDE("scott"), data, method, 40, 4, None, seed=3, progress=False)
+    bench = generate(bench_method, KDE("scott"), data, 40, steps=4, generator=torch.Generator().manual_seed(3))
+    assert ours.dtype == bench.dtype == np.float64 and ours.shape == (40, 2)
+    np.testing.assert_array_equal(ours, bench)
+
+
 # -- datasets ---------------------------------------------------------------------------------------
 
 def test_datasets_are_reproducible_and_shaped():

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from disco_score.bench import harness, wild
+from disco_score.bench import cli, wild
 from disco_score.bench.baselines import BICGaussianMixture, SplineFlow
+from disco_score.bench.rows import ORACLE_KDE
 from disco_score.targets import GaussianMixture
 
 
 def test_quick_wild_suite_fills_every_row_or_says_why(tmp_path: Path) -> None:
-    assert harness.main(["wild", "--quick", "--no-progress", "--out-dir", str(tmp_path)]) == 0
+    assert cli.main(["wild", "--quick", "--no-progress", "--out-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "benchmarks" / "wild.json").read_text())
     assert result["status"] == "ok"
     protocols = {c["protocol"] for c in result["cells"]}
@@ -24,7 +25,7 @@ def test_quick_wild_suite_fills_every_row_or_says_why(tmp_path: Path) -> None:
     for cell in result["cells"]:
         assert cell["status"] == "ok", cell
         for key, row in cell["rows"].items():
-            if cell["protocol"] == "W1" and key == harness.ORACLE_KDE:
+            if cell["protocol"] == "W1" and key == ORACLE_KDE:
                 assert row["status"] == "n/a"  # no truth for toy sets
                 continue
             assert row["status"] == "ok", (cell["cell"], key, row.get("error"))
@@ -42,10 +43,10 @@ def test_quick_wild_suite_fills_every_row_or_says_why(tmp_path: Path) -> None:
 def test_wild_rows_are_resumed_not_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["wild", "--quick", "--no-progress", "--out-dir", str(tmp_path), "--estimators", "kde-cv", "kde-scott",
             "--only", "^W1 "]
-    assert harness.main(args) == 0
+    assert cli.main(args) == 0
     calls = []
     monkeypatch.setattr(wild, "evaluate_row", lambda *a, **k: calls.append(a) or {"status": "n/a"})
-    assert harness.main([*args, "--resume"]) == 0
+    assert cli.main([*args, "--resume"]) == 0
     assert calls == []
 
 

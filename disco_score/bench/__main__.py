@@ -1,5 +1,5 @@
-"""``python -m disco_score.bench``: see :func:`disco_score.bench.harness.main`."""
+"""``python -m disco_score.bench``: see :func:`disco_score.bench.cli.main`."""
 
-from .harness import main
+from .cli import main
 
 raise SystemExit(main())

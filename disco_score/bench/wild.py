@@ -36,9 +36,13 @@ from ..base import Oracle
 from ..kde import KDE, KDEOracle, _kernel_covariance, _sample_covariance, oracle_tuned_kde
 from ..targets import Banana, Funnel, GaussianMixture, ProductStudentT, Target
 from ..whitening import scott_factor
-from . import harness
 from .baselines import BICGaussianMixture, SplineFlow
-from .harness import Context, Options, derive_seed
+from .cells import Options, _log_cell, _logged_cells
+from .problems import _error_text, derive_seed, draw
+from .registry import register_suite
+from .rows import ORACLE_KDE, Context, _short
+from .suites import SAMPLING_METHODS, _generate
+from .suites import _sampling_source as _gmm_sampling_source
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ WILD_ROWS = {
     "kde-scott": "KDE (Scott)",
     "gmm-bic": "GaussianMixture (K by BIC)",
     "flow": "spline flow (zuko NSF)",
-    harness.ORACLE_KDE: "KDE (oracle-tuned)",
+    ORACLE_KDE: "KDE (oracle-tuned)",
 }
 #: training budget of the per-data-set flow (wall clock, 2 CPU cores); the quick run's is a smoke test
 FLOW_SECONDS = {False: 60.0, True: 2.0}
@@ -176,8 +180,8 @@ def w2_problem(family: str, d: int, n: int, index: int, seed: int, m: int = N_QU
         target = build(d, gen)
     finally:
         torch.random.set_rng_state(torch_state)
-    queries = harness.draw(target, m, gen)
-    samples = harness.draw(target, n, torch.Generator().manual_seed(derive_seed(seed, "W2", family, d, index, n)))
+    queries = draw(target, m, gen)
+    samples = draw(target, n, torch.Generator().manual_seed(derive_seed(seed, "W2", family, d, index, n)))
     return WildProblem("W2", f"{family} d={d}", samples, queries, target.log_prob_t(queries),
                        target.score_t(queries), seed=target_seed)
 
@@ -249,7 +253,7 @@ def _oracle_tuned(problem: WildProblem) -> dict[str, Any]:
 
 def evaluate_row(key: str, problem: WildProblem, ctx: Context, quick: bool) -> dict[str, Any]:
     """One row on one problem: its figures, fit and evaluation seconds; failures recorded, not raised."""
-    if key == harness.ORACLE_KDE:
+    if key == ORACLE_KDE:
         if problem.true_score is None:
             return {"status": "n/a"}
         start = time.perf_counter()
@@ -257,7 +261,7 @@ def evaluate_row(key: str, problem: WildProblem, ctx: Context, quick: bool) -> d
             return {"status": "ok", **_oracle_tuned(problem), "fit_seconds": time.perf_counter() - start,
                     "eval_seconds": 0.0}
         except Exception as exc:
-            return {"status": "failed", "error": harness._error_text(exc)}
+            return {"status": "failed", "error": _error_text(exc)}
     start = time.perf_counter()
     try:
         oracle = _fit(key, problem, ctx, quick)
@@ -271,7 +275,7 @@ def evaluate_row(key: str, problem: WildProblem, ctx: Context, quick: bool) -> d
             raise FloatingPointError(f"non-finite figures {values}")
     except Exception as exc:  # recorded, never raised: the run goes on
         logger.debug("wild row %s failed", key, exc_info=True)
-        return {"status": "failed", "error": harness._error_text(exc)}
+        return {"status": "failed", "error": _error_text(exc)}
     if key == "discoformer-adapt":  # the adapted oracle's cost includes the plain fit it starts from
         fit_seconds = fitted - start + problem.cache.get("discoformer_seconds", 0.0)
     else:
@@ -347,7 +351,7 @@ def wild_cells(quick: bool) -> list[WildCell]:
 
 def _run_accuracy_cells(opts: Options, ctx: Context, rows: list[str]) -> list[dict[str, Any]]:
     cells = [c for c in wild_cells(opts.quick) if opts.selected(c.label)]
-    done = harness._logged_cells(opts, "wild", rows)
+    done = _logged_cells(opts, "wild", rows)
     results = []
     for cell in tqdm(cells, desc="wild", disable=not opts.progress, leave=False):
         if cell.label in done:
@@ -357,7 +361,7 @@ def _run_accuracy_cells(opts: Options, ctx: Context, rows: list[str]) -> list[di
             problems = cell.problems(opts.seed)
         except Exception as exc:  # e.g. a family whose module is absent: the cell says why
             results.append({"cell": cell.label, "protocol": cell.protocol, "name": cell.name, "n": cell.n,
-                            "status": "failed", "error": harness._error_text(exc), "rows": {}})
+                            "status": "failed", "error": _error_text(exc), "rows": {}})
             continue
         per_row: dict[str, list[dict[str, Any]]] = {key: [] for key in rows}
         for problem in problems:
@@ -370,7 +374,7 @@ def _run_accuracy_cells(opts: Options, ctx: Context, rows: list[str]) -> list[di
         logger.info("%s: %s", cell.label, "; ".join(
             f"{r['label']} " + (", ".join(f"{v:.4g}" for k, v in r["values"].items() if "seconds" not in k)
                                 if r["status"] == "ok" else r["status"]) for r in result["rows"].values()))
-        harness._log_cell(opts, "wild", rows, result)
+        _log_cell(opts, "wild", rows, result)
     return results
 
 
@@ -390,7 +394,7 @@ def _block_statistic(points: np.ndarray, fresh: np.ndarray) -> tuple[float, floa
 
 def _sampling_source(key: str, problem: WildProblem, ctx: Context, quick: bool) -> Any:
     if key in ("discoformer", "kde-scott"):
-        return harness._sampling_source(key, problem, ctx)  # type: ignore[arg-type]
+        return _gmm_sampling_source(key, problem, ctx)  # type: ignore[arg-type]
     if key == "flow":
         raise NotImplementedError("a flow has no noise-conditional score (one flow per noise level "
                                   "would be needed)")
@@ -408,7 +412,7 @@ def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
 
     sources = [s for s in SAMPLING_SOURCES if s in opts.rows("wild")]
     cells = [c for c in sampling_cells(opts.quick) if opts.selected(c.label)]
-    done = harness._logged_cells(opts, "wild-sampling", sources)
+    done = _logged_cells(opts, "wild-sampling", sources)
     results = []
     n_gen = SAMPLING_POINTS[opts.quick]
     for cell in tqdm(cells, desc="wild sampling", disable=not opts.progress, leave=False):
@@ -423,12 +427,12 @@ def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
         floor, floor_se = _block_statistic(second, fresh)
         rows: dict[str, Any] = {}
         for source_key in sources:
-            for method in harness.SAMPLING_METHODS:
+            for method in SAMPLING_METHODS:
                 start = time.perf_counter()
                 try:
                     source = _sampling_source(source_key, problem, ctx, opts.quick)
                     gen = torch.Generator().manual_seed(derive_seed(opts.seed, "W1-sampling", cell.name))
-                    points = harness._generate(method, source, problem.samples, n_gen, opts.quick, gen)
+                    points = _generate(method, source, problem.samples, n_gen, opts.quick, gen)
                     if not np.isfinite(points).all():
                         raise FloatingPointError("non-finite generated points")
                     stat, se = _block_statistic(points, fresh)
@@ -438,13 +442,13 @@ def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
                 except NotImplementedError as exc:
                     entry = {"status": "skipped", "error": str(exc)}
                 except Exception as exc:  # recorded, the run goes on
-                    entry = {"status": "failed", "error": harness._error_text(exc)}
+                    entry = {"status": "failed", "error": _error_text(exc)}
                 rows[f"{source_key}|{method}"] = {"source": WILD_ROWS[source_key], "method": method, **entry}
         results.append({"cell": cell.label, "name": cell.name, "n": cell.n, "n_generated": n_gen,
                         "floor": floor, "floor_se": floor_se,
                         "memorization_reference": samplers.memorization_fraction(second, problem.samples.numpy()),
                         "rows": rows})
-        harness._log_cell(opts, "wild-sampling", sources, results[-1])
+        _log_cell(opts, "wild-sampling", sources, results[-1])
     return results
 
 
@@ -483,7 +487,7 @@ def _table(cells: list[dict[str, Any]], figure: str, rows: list[str]) -> list[st
     for cell in cells:
         if cell.get("status") == "failed":
             lines.append(f"| {cell['cell']} | " + " | ".join("—" for _ in present)
-                         + f" | failed: {harness._short(cell.get('error'))} | |")
+                         + f" | failed: {_short(cell.get('error'))} | |")
             continue
         values = {k: r["values"][figure] for k, r in cell["rows"].items()
                   if r["status"] == "ok" and figure in r.get("values", {})}
@@ -494,13 +498,13 @@ def _table(cells: list[dict[str, Any]], figure: str, rows: list[str]) -> list[st
             if r is None or r["status"] == "n/a":
                 texts.append("—")
             elif r["status"] != "ok":
-                texts.append(f"{r['status']}: {harness._short(r.get('error'), 60)}")
+                texts.append(f"{r['status']}: {_short(r.get('error'), 60)}")
             else:
                 v = r["values"]
                 text = _value_text(v[figure], figure)
                 text = f"**{text}**" if k == best else text
                 texts.append(f"{text} ({v['fit_seconds']:.2g}+{v['eval_seconds']:.2g} s)")
-        rivals = {k: values[k] for k in values if not k.startswith("discoformer") and k != harness.ORACLE_KDE}
+        rivals = {k: values[k] for k in values if not k.startswith("discoformer") and k != ORACLE_KDE}
         gap = "—"
         if "discoformer" in values and rivals:
             best_rival = max(rivals.values(), key=lambda v: sign * v)
@@ -549,14 +553,14 @@ def render_wild(result: dict[str, Any]) -> list[str]:
                          f"{cell['memorization_reference']:.2f} (fresh) | |")
             for source, methods in by_source.items():
                 texts, mem, secs = [], [], []
-                for method in harness.SAMPLING_METHODS:
+                for method in SAMPLING_METHODS:
                     r = methods.get(method, {})
                     if r.get("status") == "ok":
                         texts.append(f"{1e3 * r['energy_statistic']:.2f} ± {1e3 * r['energy_statistic_se']:.2f}")
                         mem.append(f"{r['memorization']:.2f}")
                         secs.append(f"{r['seconds']:.3g}")
                     else:
-                        texts.append(f"{r.get('status', '—')}: {harness._short(r.get('error'), 50)}")
+                        texts.append(f"{r.get('status', '—')}: {_short(r.get('error'), 50)}")
                         mem.append("—")
                         secs.append("—")
                 lines.append(f"| | {source} | {texts[0]} | {texts[1]} | {' / '.join(mem)} | {' / '.join(secs)} |")
@@ -594,5 +598,5 @@ def plot_wild(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
     return [path]
 
 
-harness.register_suite("wild", run_wild, render_wild, "The wild suite: data users bring (protocol W1–W3)",
-                       plotter=plot_wild, rows=WILD_ROWS, defaults=list(WILD_ROWS))
+register_suite("wild", run_wild, render_wild, "The wild suite: data users bring (protocol W1–W3)",
+               plotter=plot_wild, rows=WILD_ROWS, defaults=list(WILD_ROWS))
