@@ -273,7 +273,7 @@ def render_sampling(result: dict[str, Any]) -> list[str]:
                   f"points closer to a training point than that point's own nearest training neighbour; fresh "
                   f"draws give **{cell['memorization_reference']:.3g}**, copies of the data give 1. "
                   f"× exact: energy distance over the same sampler's with the exact score. Unbiased ED²: the "
-                  f"U-statistic estimate of the squared energy distance (`samplers.energy_statistic`, ×10⁻³; "
+                  f"U-statistic estimate of the squared energy distance (`metrics.energy_statistic`, ×10⁻³; "
                   f"expectation 0 for draws of the target itself, two fresh sets give "
                   f"**{_milli(cell.get('floor_statistic'))}**), ± its standard error over the targets. "
                   f"Settings: annealed Langevin {cell['settings']['annealed'] or 'package defaults'}, "

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import metrics
 from ..base import Estimator, Oracle
 from ..generate import METHODS as SAMPLING_METHODS
 from ..generate import generate
@@ -370,7 +371,6 @@ def _generate(method: str, source: Estimator | Oracle, data: torch.Tensor, n_gen
 
 def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
     """Generate with each (score source, sampler); energy distance to fresh draws, memorization."""
-    from .. import samplers
 
     sources = opts.rows("sampling")
     cells = [dataclasses.replace(c, n_targets=opts.targets or c.n_targets)
@@ -393,9 +393,9 @@ def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
             second = draw(problem.target, n_gen, torch.Generator().manual_seed(
                 derive_seed(opts.seed, "sampling-floor", cell.d, index))).numpy()
             data = problem.samples
-            floors.append(samplers.energy_distance(second, fresh))
-            floor_statistics.append(samplers.energy_statistic(second, fresh))
-            references.append(samplers.memorization_fraction(second, data))
+            floors.append(metrics.energy_distance(second, fresh))
+            floor_statistics.append(metrics.energy_statistic(second, fresh))
+            references.append(metrics.memorization_fraction(second, data))
             if index == 0:
                 kept["data"] = data[:_KEPT_POINTS, :2].tolist()
                 kept["fresh"] = fresh[:_KEPT_POINTS, :2].tolist()
@@ -410,9 +410,9 @@ def run_sampling(opts: Options, ctx: Context) -> dict[str, Any]:
                         if not np.isfinite(points).all():
                             raise FloatingPointError("non-finite generated points")
                         entry = {"status": "ok", "seconds": time.perf_counter() - start,
-                                 "energy_distance": samplers.energy_distance(points, fresh),
-                                 "energy_statistic": samplers.energy_statistic(points, fresh),
-                                 "memorization": samplers.memorization_fraction(points, data)}
+                                 "energy_distance": metrics.energy_distance(points, fresh),
+                                 "energy_statistic": metrics.energy_statistic(points, fresh),
+                                 "memorization": metrics.memorization_fraction(points, data)}
                         if index == 0:
                             kept[key] = np.round(points[:_KEPT_POINTS, :2], 4).tolist()
                     except Exception as exc:  # recorded, the run goes on

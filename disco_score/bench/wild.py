@@ -384,10 +384,8 @@ def _run_accuracy_cells(opts: Options, ctx: Context, rows: list[str]) -> list[di
 def _block_statistic(points: np.ndarray, fresh: np.ndarray) -> tuple[float, float]:
     """Unbiased energy statistic of all points, and its s.e. from ``SAMPLING_BLOCKS`` disjoint blocks
     (sd of the block statistics / sqrt(blocks): the statistic's variance falls as 1 / size)."""
-    from .. import samplers
-
-    full = samplers.energy_statistic(points, fresh)
-    blocks = [samplers.energy_statistic(a, b) for a, b in zip(np.array_split(points, SAMPLING_BLOCKS),
+    full = metrics.energy_statistic(points, fresh)
+    blocks = [metrics.energy_statistic(a, b) for a, b in zip(np.array_split(points, SAMPLING_BLOCKS),
                                                               np.array_split(fresh, SAMPLING_BLOCKS))]
     return full, float(np.std(blocks, ddof=1) / math.sqrt(SAMPLING_BLOCKS))
 
@@ -408,8 +406,6 @@ def sampling_cells(quick: bool) -> list[WildCell]:
 
 
 def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
-    from .. import samplers
-
     sources = [s for s in SAMPLING_SOURCES if s in opts.rows("wild")]
     cells = [c for c in sampling_cells(opts.quick) if opts.selected(c.label)]
     done = _logged_cells(opts, "wild-sampling", sources)
@@ -437,7 +433,7 @@ def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
                         raise FloatingPointError("non-finite generated points")
                     stat, se = _block_statistic(points, fresh)
                     entry = {"status": "ok", "energy_statistic": stat, "energy_statistic_se": se,
-                             "memorization": samplers.memorization_fraction(points, problem.samples.numpy()),
+                             "memorization": metrics.memorization_fraction(points, problem.samples.numpy()),
                              "seconds": time.perf_counter() - start}
                 except NotImplementedError as exc:
                     entry = {"status": "skipped", "error": str(exc)}
@@ -446,7 +442,7 @@ def _run_sampling_cells(opts: Options, ctx: Context) -> list[dict[str, Any]]:
                 rows[f"{source_key}|{method}"] = {"source": WILD_ROWS[source_key], "method": method, **entry}
         results.append({"cell": cell.label, "name": cell.name, "n": cell.n, "n_generated": n_gen,
                         "floor": floor, "floor_se": floor_se,
-                        "memorization_reference": samplers.memorization_fraction(second, problem.samples.numpy()),
+                        "memorization_reference": metrics.memorization_fraction(second, problem.samples.numpy()),
                         "rows": rows})
         _log_cell(opts, "wild-sampling", sources, results[-1])
     return results

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from disco_score import DiScoFormer, metrics
-from disco_score.bench import harness, wild
+from disco_score.bench import make_problem, wild
 from disco_score.bench.toys import draw_toy
 from disco_score.train import export
 
@@ -43,6 +43,6 @@ for family in ("banana", "funnel", "student-t product", "tight mixture", "mixed-
     row(f"W2 {family} d=2", lambda m: float(np.mean(
         [metrics.relative_score_mse(m.fit(p.samples).score(p.queries), p.true_score) for p in problems])))
 for d, n in ((2, 256), (2, 2048), (3, 1024), (16, 1024)):
-    problems = [harness.make_problem("gmm", d, n, i, 0) for i in range(n_targets)]
+    problems = [make_problem("gmm", d, n, i, 0) for i in range(n_targets)]
     row(f"GMM prior d={d} n={n}", lambda m: float(np.mean(
         [metrics.relative_score_mse(m.fit(p.samples).score(p.queries), p.true_score) for p in problems])))
