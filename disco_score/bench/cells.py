@@ -117,6 +117,11 @@ SCALING_DISCOFORMER_SKIP = (f"not run above n = {SCALING_DISCOFORMER_MAX_N}: O(n
                             "(n = 2^16) and 45 min (2^17) per target on one CPU thread")
 
 
+#: the dimension sweep of the scaling suite (GMM prior, two targets per d)
+DIM_SWEEP = (1, 2, 3, 5, 8, 10, 12, 16, 24, 32, 64, 128)
+DIM_SWEEP_N = 2048
+
+
 def scaling_cells(quick: bool) -> list[Cell]:
     """Error against n at d = 2, 10 (GMM prior) and 100 (P2-style; not in ``quick``), and against d
     at fixed n."""
@@ -129,7 +134,9 @@ def scaling_cells(quick: bool) -> list[Cell]:
     n_fixed = 2 ** 10 if quick else 2 ** 14
     dims = (1, 2, 5, 10) if quick else (1, 2, 5, 10, 20, 50, 100)
     by_d = [Cell("vs d", "gmm", d, n_fixed, targets, ("relative_score_mse",)) for d in dims]
-    return by_n + by_d
+    # every d served as well as its neighbours: a dense sweep at a size every d affords
+    sweep = [] if quick else [Cell("dim sweep", "gmm", d, DIM_SWEEP_N, 2, ("relative_score_mse",)) for d in DIM_SWEEP]
+    return by_n + by_d + sweep
 
 
 def downstream_cells(quick: bool) -> list[Cell]:

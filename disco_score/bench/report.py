@@ -181,11 +181,12 @@ def render_scaling(result: dict[str, Any]) -> list[str]:
         lines += _sweep_table(sweep, "n", "relative_score_mse", result.get("slopes", {}).get(str(d), {}),
                               result.get("kde_theory_slopes", {}).get(str(d)))
         lines.append("")
-    sweep = [c for c in cells if c["group"] == "vs d"]
-    if sweep:
-        lines += [f"### Relative score MSE against d at n = {sweep[0]['n']} (GMM prior; "
-                  f"{sweep[0]['targets']} targets per point)", ""]
-        lines += _sweep_table(sweep, "d", "relative_score_mse") + [""]
+    for group in ("vs d", "dim sweep"):
+        sweep = [c for c in cells if c["group"] == group]
+        if sweep:
+            lines += [f"### Relative score MSE against d at n = {sweep[0]['n']} (GMM prior; "
+                      f"{sweep[0]['targets']} targets per point)", ""]
+            lines += _sweep_table(sweep, "d", "relative_score_mse") + [""]
     missing = [c.label for c in scaling_cells(bool(result.get("meta", {}).get("quick")))
                if c.label not in {cell["cell"] for cell in cells}]
     if missing:
