@@ -36,7 +36,7 @@ from ._checks import ArrayLike, Queries, _to_tensor, as_samples, check_int, chec
 from .base import Estimator, Oracle
 from .defaults import default_estimator
 from .kde import BLOCK_ELEMENTS
-from .samplers import ChainDiverged, DivergenceGuard
+from .divergence import ChainDiverged, DivergenceGuard
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _integrate(x0: torch.Tensor, kinds: _Kinds, velocity: Velocity, grid: np.nda
         u1, oracle = velocity(t, x)
         if guard is None:
             # The cloud moves at most |u(x0)| t from where it started while the flow is stable; an
-            # unstable time step grows it geometrically (see samplers.DivergenceGuard).
+            # unstable time step grows it geometrically (see divergence.DivergenceGuard).
             guard = DivergenceGuard(x0, None, u1, f"the time step {largest_dt:.3g} is too large for this "
                                                   f"{'drift' if desc == 'fokker-planck' else 'field'}; "
                                                   f"raise n_steps (or refine times)")

@@ -106,25 +106,25 @@ def check_chain_range(distance: Any, radius: Any, step: Any, step_size: Any, wha
     """Host side of the Langevin kernels' divergence check (numpy in; also called from JAX).
 
     ``distance``: each chain's distance from its start; ``radius``: how far its drift and noise
-    can have carried a healthy chain by ``step`` (see :class:`disco_score.samplers.DivergenceGuard`).
-    Raises :class:`~disco_score.samplers.ChainDiverged` when a chain is non-finite or beyond
+    can have carried a healthy chain by ``step`` (see :class:`disco_score.divergence.DivergenceGuard`).
+    Raises :class:`~disco_score.divergence.ChainDiverged` when a chain is non-finite or beyond
     ``DIVERGENCE_FACTOR`` times that radius.
     """
-    from disco_score import samplers
+    from disco_score import divergence
 
     distance = np.asarray(distance, dtype=np.float64).reshape(-1)
     radius = np.broadcast_to(np.asarray(radius, dtype=np.float64).reshape(-1), distance.shape)
     step = int(np.max(np.asarray(step))) if np.size(step) else 0
     step_size = float(np.max(np.asarray(step_size, dtype=np.float64)))
     if not np.isfinite(distance).all():
-        raise samplers.ChainDiverged(f"{what}, step {step}: {int((~np.isfinite(distance)).sum())} chain(s) "
+        raise divergence.ChainDiverged(f"{what}, step {step}: {int((~np.isfinite(distance)).sum())} chain(s) "
                                      f"diverged (non-finite positions); step_size={step_size:.3g} is too "
                                      f"large; reduce it")
-    far = distance > samplers.DIVERGENCE_FACTOR * np.maximum(radius, 1e-300)
+    far = distance > divergence.DIVERGENCE_FACTOR * np.maximum(radius, 1e-300)
     if far.any():
-        raise samplers.ChainDiverged(
+        raise divergence.ChainDiverged(
             f"{what}, step {step}: {int(far.sum())} chain(s) diverged: {float(distance.max()):.3g} from the "
-            f"start, beyond {samplers.DIVERGENCE_FACTOR:.0e} x the range drift and noise allow "
+            f"start, beyond {divergence.DIVERGENCE_FACTOR:.0e} x the range drift and noise allow "
             f"({float(radius[far].max()):.3g}); step_size={step_size:.3g} is too large; reduce it")
 
 

@@ -103,7 +103,7 @@ def build_kernel() -> Callable[..., tuple[LangevinState, LangevinInfo]]:
 
     Returns ``kernel(rng_key, state, score_fn, step_size) -> (state, info)``. A chain that leaves
     the range its drift and noise allow from ``state.origin`` (``DIVERGENCE_FACTOR`` times ``k tau
-    |s(x0)| + sqrt(2 k tau D)``, see :class:`disco_score.samplers.DivergenceGuard`) or the finite
+    |s(x0)| + sqrt(2 k tau D)``, see :class:`disco_score.divergence.DivergenceGuard`) or the finite
     numbers raises :class:`~disco_score.samplers.ChainDiverged` -- under ``jit`` as a
     ``JaxRuntimeError`` carrying its message -- instead of returning huge positions.
     """

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from disco_score._checks import ArrayLike, check_positive
 from disco_score.base import Estimator, Oracle
-from disco_score.samplers import ChainDiverged, DivergenceGuard
+from disco_score.divergence import ChainDiverged, DivergenceGuard
 
 from . import require
 from ._jax_bridge import check_oracle_output, check_positions, fitted_oracle, oracle_from
