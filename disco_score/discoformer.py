@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, defensive_proposal, heldout_nll, score_matching_and_consistency
+from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_nll, score_matching_and_consistency
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
@@ -479,12 +479,13 @@ class DiScoFormerOracle(Oracle):
         * ``"score_matching"``: held-out Hyvärinen score matching ``mean(|S|^2 / 2 + div S)`` plus the
           consistency loss between the score head and the gradient of the log-density head.
 
-        ``None`` takes the network's own (``adaptation_objective``: likelihood for the general
-        network, whose knobs are bandwidths; score matching for a specialist, whose knobs are output
-        biases that a normalised likelihood cannot see) and its learning rate
-        (:data:`~disco_score.adaptation.DEFAULT_LR`).
+        ``None`` takes :func:`~disco_score.adaptation.default_objective`: the network's own
+        (``adaptation_objective``: likelihood for the general network, whose knobs are bandwidths;
+        score matching for a specialist, whose knobs are output biases that a normalised likelihood
+        cannot see) up to d = 2, score matching above (where 512 importance draws no longer pin the
+        normaliser down), and its learning rate (:data:`~disco_score.adaptation.DEFAULT_LR`).
         """
-        objective = self._net.adaptation_objective if objective is None else objective
+        objective = default_objective(self._net.adaptation_objective, self.dim) if objective is None else objective
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
         n_proposal = check_int(n_proposal, "n_proposal")
