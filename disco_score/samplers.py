@@ -541,6 +541,22 @@ def _chains(oracle: Estimator | Oracle, x0: ArrayLike, step_size: float, n_steps
             _check_generator(generator))
 
 
+def _guarded_chain(name: str, init: Callable[..., Any], kernel: Callable[..., Any], oracle: Oracle,
+                   position: torch.Tensor, step_size: float, n_steps: int, generator: torch.Generator | None,
+                   progress: bool) -> tuple[Any, Any]:
+    """``n_steps`` of a Langevin-type ``kernel`` from ``init(position, oracle)``, stopped by a
+    :class:`DivergenceGuard` (drift time ``step_size`` and noise variance ``2 step_size`` per step)."""
+    start = init(position, oracle)
+    guard = DivergenceGuard(start.position, oracle, start.score,
+                            f"step_size={step_size:.3g} is too large for this target; reduce it")
+
+    def step(g: torch.Generator | None, s: Any) -> Any:
+        guard.advance(step_size, 2.0 * step_size)
+        return kernel(g, s, oracle, step_size)
+
+    return run_chain(step, start, n_steps, generator, progress, name, guard)
+
+
 def langevin(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: int = 500,
              generator: torch.Generator | None = None, progress: bool = True) -> tuple[Any, SamplingInfo]:
     """Unadjusted Langevin algorithm ``x' = x + tau s(x) + sqrt(2 tau) z``, one chain per row of ``x0``.
@@ -562,15 +578,8 @@ def langevin(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: in
             the range of the data and start (:class:`DivergenceGuard`): ``step_size`` is too large.
     """
     oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
-    start = langevin_init(q.points, oracle)
-    guard = DivergenceGuard(start.position, oracle, start.score,
-                            f"step_size={step_size:.3g} is too large for this target; reduce it")
-
-    def step(g: torch.Generator | None, s: LangevinState) -> tuple[LangevinState, LangevinInfo]:
-        guard.advance(step_size, 2.0 * step_size)
-        return langevin_step(g, s, oracle, step_size)
-
-    state, infos = run_chain(step, start, n_steps, generator, progress, "langevin", guard)
+    state, infos = _guarded_chain("langevin", langevin_init, langevin_step, oracle, q.points, step_size, n_steps,
+                                  generator, progress)
     info = SamplingInfo("langevin", n_steps, np.array([step_size]),
                         mean_squared_score=infos.mean_squared_score.cpu().numpy())
     return q.restore(state.position), info
@@ -586,15 +595,8 @@ def mala(oracle: Oracle, x0: ArrayLike, step_size: float = 1e-2, n_steps: int = 
     :class:`LowAcceptanceWarning` is issued.
     """
     oracle, q, step_size, n_steps, generator = _chains(oracle, x0, step_size, n_steps, generator)
-    start = mala_init(q.points, oracle)
-    guard = DivergenceGuard(start.position, oracle, start.score,
-                            f"step_size={step_size:.3g} is too large for this target; reduce it")
-
-    def step(g: torch.Generator | None, s: MALAState) -> tuple[MALAState, MALAInfo]:
-        guard.advance(step_size, 2.0 * step_size)
-        return mala_step(g, s, oracle, step_size)
-
-    state, infos = run_chain(step, start, n_steps, generator, progress, "mala", guard)
+    state, infos = _guarded_chain("mala", mala_init, mala_step, oracle, q.points, step_size, n_steps, generator,
+                                  progress)
     per_chain = infos.acceptance_probability.mean(0)
     info = SamplingInfo("mala", n_steps, np.array([step_size]), acceptance_rate=float(per_chain.mean()),
                         chain_acceptance_rates=per_chain.cpu().numpy())
