@@ -428,11 +428,14 @@ class DiScoFormerNet(nn.Module):
             comp_score = torch.cat([comp_score, local_score], 2)
         joint = torch.log_softmax(mix_logits, dim=-1) + comp_log_f
         d = queries.shape[-1]
-        log_density = torch.logsumexp(joint, -1) + math.sqrt(d) * self.log_density_correction(h)[..., 0]
+        gate = far_field_gate(queries, enc.raw)
+        # both learned corrections fade out together, so far away log-density and score are the
+        # kernel mixture's and its gradient: a consistent pair (docs/design.md, "Far from the samples")
+        log_density = torch.logsumexp(joint, -1) + gate * math.sqrt(d) * self.log_density_correction(h)[..., 0]
         resp = torch.softmax(joint, dim=-1)
         score = (resp[..., None] * comp_score).sum(2)
         correction = (vec * self.score_correction(h)[:, :, None, :]).sum(-1)
-        gate = far_field_gate(queries, enc.raw)[..., None]
+        gate = gate[..., None]
         # where the gate is 0 the correction (~ radius^3 there, possibly inf) must not leak in as 0 * inf
         score = score + torch.where(gate > 0, gate * correction, torch.zeros_like(correction))
         return log_density, score

@@ -112,8 +112,9 @@ def test_far_field_score_points_back_grows_linearly_and_matches_the_log_density(
             h = 1e-3 * r * sd
             fd = (oracle.log_density(q + h * u) - oracle.log_density(q - h * u))[0] / (2 * h)
             # at 10 sds (~3 sample radii) the heads' mixture weights still turn, so the kernel score is
-            # not yet the exact gradient (3-D: 29 % off); from 100 sds on the two agree to < 0.1 %
-            tol = 0.01 if r >= 100 else (0.15 if d <= 2 else 0.4)
+            # not yet the exact gradient (wider-prior weights: 13 / 19 % off in d = 1 / 2, within 40 % in
+            # d = 3, both pointing back); from 100 sds on the two agree to < 1 %
+            tol = 0.01 if r >= 100 else (0.25 if d <= 2 else 0.4)
             assert abs(score @ u - fd) <= tol * abs(fd), (r, u, score @ u, fd)
 
 
