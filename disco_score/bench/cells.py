@@ -110,7 +110,7 @@ SCALING_N_DIMS = (2, 10, 100)
 #: DiScoFormer's sample encoder is exact O(n^2) attention: measured 167 s per target at d = 2,
 #: n = 2^15 on one thread (docs/experiments.md), so 2^16 and 2^17 (~11 and ~45 min per target)
 #: are recorded as not run rather than left out silently -- except at d = 10, where the specialist
-#: fits a large set as subsets of at most 4096 points (about 40 s at 2^17; session 10)
+#: fits a large set as subsets of at most 4096 points (about 40 s at 2^17; docs/experiments.md, "Design: subsets of one set are averaged in log-density, not mixed")
 SCALING_DISCOFORMER_MAX_N = 2 ** 15
 SCALING_DISCOFORMER_MAX_N_BY_DIM = {10: 2 ** 17}
 SCALING_DISCOFORMER_SKIP = (f"not run above n = {SCALING_DISCOFORMER_MAX_N}: O(n^2) sample encoder, about 11 min "
