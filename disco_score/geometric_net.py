@@ -24,12 +24,17 @@ Design (why it looks like this):
   constant) plus a learned combination of the query's equivariant vector channels, faded out far
   from the samples (:func:`far_field_gate`), where those channels grow like radius^3.
 * **Linear memory.** Attention runs over key blocks with an online logsumexp (flash-attention
-  style), so memory is O(block), whatever ``n``.
+  style), so memory is O(block), whatever ``n``. Where no gradient is needed on the CPU (every
+  oracle query and fit), the same logits and values go through torch's fused flash-attention
+  kernel instead, which never writes the (queries x keys) weights to memory
+  (docs/experiments.md, "Profile of a sampler step and the fused attention path").
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -104,6 +109,66 @@ def _shifted_exp(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return logits.sub_(shift).clamp_min_(_LOGIT_FLOOR).exp_()
 
 
+#: torch's fused CPU flash-attention kernel (returns the log-normaliser too); None where absent
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+#: the curvature channel's second moments go through the fused kernel as d^2 extra values up to
+#: this d; above it the blocked loop's O(d) per pair is cheaper than O(d^2)
+FUSED_CURVATURE_MAX_DIM = 4
+# the (queries x keys) leave-one-out mask of one fused call holds at most this many entries
+_FUSED_MASK_ENTRIES = 1 << 24
+_fused_enabled = True
+
+
+@contextlib.contextmanager
+def fused_attention(enabled: bool) -> Iterator[None]:
+    """Switch the fused attention path on or off inside the block (tests compare the two paths)."""
+    global _fused_enabled
+    old, _fused_enabled = _fused_enabled, enabled
+    try:
+        yield
+    finally:
+        _fused_enabled = old
+
+
+def _can_fuse(*tensors: torch.Tensor) -> bool:
+    """The fused kernel serves CPU tensors when no gradient is recorded (its log-normaliser has no
+    backward); training and ``adapt`` take the blocked loop, which computes the same function."""
+    if not _fused_enabled or _FLASH_CPU is None or tensors[0].device.type != "cpu":
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _fused_softmax_moments(feat_q: torch.Tensor, feat_k: torch.Tensor, values: torch.Tensor,
+                           exclude_self: bool = False, scale: float = 1.0
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log sum_j exp(scale f_i.g_j) (B, H, m) and the softmax-weighted mean of ``values`` (B, H, m, V),
+    from query features (B, H, m, F), key features (B, H, n, F) and values (B, H, n, V), by the
+    fused kernel (which wants one width: the narrower side is zero-padded). ``exclude_self``: query
+    i is key i (leave-one-out)."""
+    F, V = feat_q.shape[-1], values.shape[-1]
+    width = max(F, V)
+    if F < width:
+        feat_q = torch.nn.functional.pad(feat_q, (0, width - F))
+        feat_k = torch.nn.functional.pad(feat_k, (0, width - F))
+    padded_values = torch.nn.functional.pad(values, (0, width - V)) if V < width else values
+    feat_k, padded_values = feat_k.contiguous(), padded_values.contiguous()
+    m, n = feat_q.shape[2], feat_k.shape[2]
+    if not exclude_self:
+        out, lse = _FLASH_CPU(feat_q.contiguous(), feat_k, padded_values, 0.0, False, scale=scale)
+        return lse, out[..., :V]
+    lses, outs = [], []
+    step = max(1, _FUSED_MASK_ENTRIES // n)
+    for i0 in range(0, m, step):
+        i1 = min(m, i0 + step)
+        mask = feat_q.new_zeros(i1 - i0, n)
+        mask.diagonal(offset=i0).fill_(-math.inf)
+        out, lse = _FLASH_CPU(feat_q[:, :, i0:i1].contiguous(), feat_k, padded_values, 0.0, False,
+                              attn_mask=mask, scale=scale)
+        lses.append(lse)
+        outs.append(out[..., :V])
+    return torch.cat(lses, 2), torch.cat(outs, 2)
+
+
 @dataclass
 class AttentionOut:
     """Per query, per head: log-normaliser, value message and equivariant vector messages."""
@@ -146,9 +211,49 @@ def geometric_attention(pos_q: torch.Tensor, pos_k: torch.Tensor, scale_q: torch
         parts += [gamma ** 2 * zk.expand(B, H, n, d), gamma ** 2]
     values = torch.cat(parts, -1)
     uh = u.permute(0, 2, 1, 3) if u is not None else None  # (B, H, m, d)
-    run_max = pos_q.new_full((B, H, m), -math.inf)
-    acc = pos_q.new_zeros(B, H, m, values.shape[-1] + 1)
-    acc_uz = pos_q.new_zeros(B, H, m, d + 1) if uh is not None else None
+    if _can_fuse(feat_q, feat_k, values) and (uh is None or d <= FUSED_CURVATURE_MAX_DIM):
+        if uh is not None:  # second moments gamma^2 z z^T: the curvature term is u_i . (their mean)
+            values = torch.cat([values, (gamma[..., None] ** 2 * zk[..., :, None] * zk[..., None, :]).flatten(-2)], -1)
+        log_norm, mean = _fused_softmax_moments(feat_q, feat_k, values, exclude_self)
+        uz = None
+        if uh is not None:
+            second = mean[..., -d * d:].unflatten(-1, (d, d))
+            mean = mean[..., :-d * d]
+            g2z = mean[..., e + d + 2:e + 2 * d + 2]
+            uz = torch.cat([(uh[..., :, None] * second).sum(-2), (uh * g2z).sum(-1, keepdim=True)], -1)
+    else:
+        log_norm, mean, uz = _blocked_softmax_moments(feat_q, feat_k, values, pos_k, gamma, uh, exclude_self,
+                                                      key_block)
+    # the query's kernel normaliser -d log b_i is constant over keys, so it is added here
+    lse = log_norm.permute(0, 2, 1) - d * scale_q
+    msg = mean[..., :e]
+    gz = mean[..., e:e + d]
+    g1 = mean[..., e + d:e + d + 1]
+    gz2 = mean[..., e + d + 1:e + d + 2]
+    shift = alpha * (gz - g1 * yq)  # sum_j a (z_j - y) / b^2
+    spread = alpha[..., 0] * (gz2[..., 0] - 2 * (gz * yq).sum(-1) + y_sq[..., 0] * g1[..., 0]).clamp_min(0) / d
+    curvature = None
+    if uh is not None and uz is not None:
+        g2z, g2 = mean[..., e + d + 2:e + 2 * d + 2], mean[..., e + 2 * d + 2:e + 2 * d + 3]
+        y_u = (yq * uh).sum(-1, keepdim=True)
+        curvature = (alpha ** 2 * (uz[..., :d] - y_u * g2z - yq * uz[..., d:] + yq * y_u * g2)).permute(0, 2, 1, 3)
+    return AttentionOut(lse, msg.permute(0, 2, 1, 3), shift.permute(0, 2, 1, 3), spread.permute(0, 2, 1),
+                        curvature)
+
+
+def _blocked_softmax_moments(feat_q: torch.Tensor, feat_k: torch.Tensor, values: torch.Tensor,
+                             pos_k: torch.Tensor, gamma: torch.Tensor, uh: torch.Tensor | None,
+                             exclude_self: bool, key_block: int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The fused path's outputs by an online logsumexp over key blocks (differentiable): log-normaliser
+    (B, H, m), mean values (B, H, m, V) and, with ``uh`` (B, H, m, d), the mean of
+    (z_j . u_i) gamma_j^2 [z_j, 1] (B, H, m, d + 1) for the curvature term."""
+    B, H, m = feat_q.shape[:3]
+    n, d = pos_k.shape[1], pos_k.shape[2]
+    zk = pos_k[:, None]
+    run_max = feat_q.new_full((B, H, m), -math.inf)
+    acc = feat_q.new_zeros(B, H, m, values.shape[-1] + 1)
+    acc_uz = feat_q.new_zeros(B, H, m, d + 1) if uh is not None else None
     for j0 in range(0, n, key_block):
         j1 = min(n, j0 + key_block)
         logits = feat_q @ feat_k[:, :, j0:j1].transpose(-1, -2)  # (B, H, m, nb)
@@ -168,23 +273,7 @@ def geometric_attention(pos_q: torch.Tensor, pos_k: torch.Tensor, scale_q: torch
             acc_uz = acc_uz * rescale + torch.cat([pu @ pos_k[:, None, j0:j1], pu.sum(-1, keepdim=True)], -1)
         run_max = new_max
     norm = acc[..., -1:].clamp_min(1e-30)
-    mean = acc[..., :-1] / norm
-    # the query's kernel normaliser -d log b_i is constant over keys, so it is added here
-    lse = (run_max + torch.log(norm[..., 0])).permute(0, 2, 1) - d * scale_q
-    msg = mean[..., :e]
-    gz = mean[..., e:e + d]
-    g1 = mean[..., e + d:e + d + 1]
-    gz2 = mean[..., e + d + 1:e + d + 2]
-    shift = alpha * (gz - g1 * yq)  # sum_j a (z_j - y) / b^2
-    spread = alpha[..., 0] * (gz2[..., 0] - 2 * (gz * yq).sum(-1) + y_sq[..., 0] * g1[..., 0]).clamp_min(0) / d
-    curvature = None
-    if uh is not None and acc_uz is not None:
-        uz = acc_uz / norm
-        g2z, g2 = mean[..., e + d + 2:e + 2 * d + 2], mean[..., e + 2 * d + 2:e + 2 * d + 3]
-        y_u = (yq * uh).sum(-1, keepdim=True)
-        curvature = (alpha ** 2 * (uz[..., :d] - y_u * g2z - yq * uz[..., d:] + yq * y_u * g2)).permute(0, 2, 1, 3)
-    return AttentionOut(lse, msg.permute(0, 2, 1, 3), shift.permute(0, 2, 1, 3), spread.permute(0, 2, 1),
-                        curvature)
+    return run_max + torch.log(norm[..., 0]), acc[..., :-1] / norm, None if acc_uz is None else acc_uz / norm
 
 
 class GeoBlock(nn.Module):
@@ -294,6 +383,55 @@ class LocalGaussianHead(nn.Module):
         w = self.weight_k(self.norm_k(enc.feat))
         w = (w - torch.logsumexp(w, dim=1, keepdim=True)).permute(0, 2, 1)  # (B, G, n)
         y = queries[:, None]
+        if _can_fuse(queries, z, alpha, w):
+            log_acc0, mean, second, n_eff = self._fused_moments(queries, z, alpha, w)
+        else:
+            log_acc0, mean, second, n_eff = self._blocked_moments(queries, z, alpha, w, key_block)
+        cov = second - mean[..., :, None] * mean[..., None, :]
+        # Shrink toward the kernel's own covariance b^2 I (where the local fit reduces to KDE),
+        # more so when few samples carry the weight: rho = d / (d + n_eff) at initialisation.
+        rho = torch.sigmoid(self.shrink(h_q).permute(0, 2, 1) + math.log(d) - torch.log(n_eff))[..., None, None]
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        b2 = torch.exp(2 * log_b).permute(0, 2, 1)[..., None, None]
+        cov = (1 - rho) * cov + rho * b2 * eye + 1e-6 * eye
+        chol, _ = torch.linalg.cholesky_ex(cov)
+        offset = (mean - y)[..., None]  # (B, G, m, d, 1)
+        score = torch.cholesky_solve(offset, chol)[..., 0]
+        quad = (score * (mean - y)).sum(-1)  # s^T C s = (mu - y)^T C^{-1} (mu - y)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        lb = log_b.permute(0, 2, 1)
+        lse = log_acc0 - d * lb - 0.5 * d * math.log(2 * math.pi)
+        log_f = lse - 0.5 * quad - 0.5 * log_det + d * lb
+        return log_f.permute(0, 2, 1), score.permute(0, 2, 1, 3)
+
+    @staticmethod
+    def _fused_moments(queries: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Kernel log-normaliser log sum_j exp(l_ij) (B, G, m), weighted mean (B, G, m, d), second
+        moment (B, G, m, d, d) and effective sample size by the fused kernel, for the logits
+        l_ij = -alpha_i |y_i - z_j|^2 / 2 + w_j (one upper triangle of z z^T as values)."""
+        B, m, d = queries.shape
+        G = alpha.shape[1]
+        y_sq = (queries * queries).sum(-1)[:, None, :, None]
+        yq = queries[:, None].expand(B, G, m, d)
+        feat_q = torch.cat([alpha * yq, -0.5 * alpha, -0.5 * alpha * y_sq, torch.ones_like(alpha)], -1)
+        zk = z[:, None].expand(B, G, -1, d)
+        feat_k = torch.cat([zk, (zk * zk).sum(-1, keepdim=True), torch.ones_like(zk[..., :1]), w[..., None]], -1)
+        rows, cols = torch.triu_indices(d, d, device=z.device)
+        values = torch.cat([zk, zk[..., rows] * zk[..., cols]], -1)
+        log_acc0, out = _fused_softmax_moments(feat_q, feat_k, values)
+        log_acc_sq, _ = _fused_softmax_moments(feat_q, feat_k, feat_k, scale=2.0)  # log sum exp(2 l)
+        second = out.new_empty(B, G, m, d, d)
+        second[..., rows, cols] = out[..., d:]
+        second[..., cols, rows] = out[..., d:]
+        return log_acc0, out[..., :d], second, torch.exp(2 * log_acc0 - log_acc_sq)
+
+    @staticmethod
+    def _blocked_moments(queries: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor,
+                         key_block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_fused_moments` by an online logsumexp over key blocks (differentiable)."""
+        B, m, d = queries.shape
+        y = queries[:, None]
         y_sq = (queries * queries).sum(-1)[:, None, :, None]
         G = alpha.shape[1]
         run_max = queries.new_full((B, G, m), -math.inf)
@@ -317,26 +455,8 @@ class LocalGaussianHead(nn.Module):
             outer = (zb[..., :, None] * zb[..., None, :]).flatten(-2)  # (B, 1, nb, d*d)
             acc2 = acc2 * rescale[..., None, None] + (p @ outer).view(B, G, m, d, d)
             run_max = new_max
-        mean = acc1 / acc0[..., None]
-        cov = acc2 / acc0[..., None, None] - mean[..., :, None] * mean[..., None, :]
-        # Shrink toward the kernel's own covariance b^2 I (where the local fit reduces to KDE),
-        # more so when few samples carry the weight: rho = d / (d + n_eff) at initialisation.
         n_eff = acc0 ** 2 / acc_sq.clamp_min(1e-30)
-        rho = torch.sigmoid(self.shrink(h_q).permute(0, 2, 1) + math.log(d) - torch.log(n_eff))[..., None, None]
-        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-        b2 = torch.exp(2 * log_b).permute(0, 2, 1)[..., None, None]
-        cov = (1 - rho) * cov + rho * b2 * eye + 1e-6 * eye
-        chol, _ = torch.linalg.cholesky_ex(cov)
-        offset = (mean - y)[..., None]  # (B, G, m, d, 1)
-        score = torch.cholesky_solve(offset, chol)[..., 0]
-        quad = (score * (mean - y)).sum(-1)  # s^T C s = (mu - y)^T C^{-1} (mu - y)
-        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        lb = log_b.permute(0, 2, 1)
-        lse = run_max + torch.log(acc0) - d * lb - 0.5 * d * math.log(2 * math.pi)
-        log_f = lse - 0.5 * quad - 0.5 * log_det + d * lb
-        return log_f.permute(0, 2, 1), score.permute(0, 2, 1, 3)
-
-
+        return run_max + torch.log(acc0), acc1 / acc0[..., None], acc2 / acc0[..., None, None], n_eff
 
 
 class DiScoFormerNet(nn.Module):

@@ -59,8 +59,9 @@ def test_permutation_invariance_exact(model: DiScoFormer, mixture_data) -> None:
     x, y = mixture_data
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     a, b = model.fit(x), model.fit(x[perm])
+    # up to float32 rounding: the fused kernel sums keys in blocks, so the order moves with the permutation
     torch.testing.assert_close(a.log_density(y), b.log_density(y), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a.score(y), b.score(y), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.score(y), b.score(y), rtol=1e-4, atol=3e-5)
 
 
 @pytest.mark.parametrize("kind", ["translation", "scaling", "rotation", "affine"])
