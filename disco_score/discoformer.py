@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,20 @@ class _Convolution(KDEOracle):
         return _Convolution(k.samples, k.kernel_covariance, k.bandwidth, k.log_weights)
 
 
+_NETS_ON_DEVICES: "weakref.WeakKeyDictionary[DensityNet, dict[torch.device, DensityNet]]" = weakref.WeakKeyDictionary()
+
+
+def _net_on(net: DensityNet, device: torch.device) -> DensityNet:
+    """``net`` itself if it lives on ``device``, else its copy there (made once per device and kept
+    while ``net`` lives): samples on a GPU are encoded and queried on that GPU."""
+    if next(net.parameters()).device == device:
+        return net
+    copies = _NETS_ON_DEVICES.setdefault(net, {})
+    if device not in copies:
+        copies[device] = copy.deepcopy(net).to(device)
+    return copies[device]
+
+
 def _net_dtype(net: DensityNet) -> torch.dtype:
     """The dtype of a network's parameters (what its inputs must be cast to)."""
     return next(net.parameters()).dtype
@@ -337,7 +352,7 @@ class DiScoFormerOracle(Oracle):
         self.compute_dtype = samples.dtype
         self.device = samples.device
         self.whitening = whitening if whitening is not None else Whitening.from_samples(samples)
-        self._net = net
+        self._net = _net_on(net, samples.device)
         z = self._whitened(self.samples)[None]
         with torch.no_grad():
             self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)

@@ -115,7 +115,7 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 #: this d; above it the blocked loop's O(d) per pair is cheaper than O(d^2)
 FUSED_CURVATURE_MAX_DIM = 4
 # the (queries x keys) leave-one-out mask of one fused call holds at most this many entries
-_FUSED_MASK_ENTRIES = 1 << 24
+_FUSED_MASK_ENTRIES = 1 << 26
 _fused_enabled = True
 
 
@@ -522,7 +522,6 @@ class DiScoFormerNet(nn.Module):
         if sl.start == 0 and sl.stop == n:
             return block(feat, pos, None, feat, pos, None, ctx, n, True, key_block)
         # Leave-one-out across blocks: mask by global index through a shifted self-exclusion.
-        B = feat.shape[0]
         idx = torch.arange(n, device=pos.device)
         order = torch.cat([idx[sl], idx[: sl.start], idx[sl.stop:]])  # queries first, then the rest
         return block(feat[:, sl], pos[:, sl], None, feat[:, order], pos[:, order], None, ctx, n, True,

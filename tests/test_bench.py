@@ -116,7 +116,7 @@ def test_failed_suite_is_recorded_and_the_run_continues(tmp_path: Path, monkeypa
     monkeypatch.setitem(registry.RUNNERS, "speed", lambda opts, ctx: {"cells": [], "timeout_seconds": 1.0})
     monkeypatch.setitem(registry.RUNNERS, "scaling", lambda opts, ctx: {"cells": []})
     monkeypatch.setitem(registry.RUNNERS, "downstream", lambda opts, ctx: {"cells": [], "information": {}})
-    for suite in ("sampling", "ppl", "wild"):  # measured by their own tests; here only the run's flow
+    for suite in ("sampling", "ppl", "wild", "step"):  # measured by their own tests; here only the run's flow
         monkeypatch.setitem(registry.RUNNERS, suite, lambda opts, ctx: {"cells": [], "sampling": []})
     assert _run(tmp_path, "all", "--quick") == 1
     failed = _load(tmp_path, "accuracy")
@@ -163,6 +163,36 @@ def test_speed_subprocess_records_time_memory_and_timeouts(tmp_path: Path) -> No
                 "--reuse", str(tmp_path / "benchmarks" / "speed.json")) == 0
     (reused,) = _load(again, "speed")["cells"]
     assert reused["rows"] == cell["rows"] and "measured_at" in reused
+
+
+def test_step_suite_times_a_fit_and_sampler_steps_in_child_processes(tmp_path: Path) -> None:
+    from disco_score.bench import step_speed
+
+    assert _run(tmp_path, "step", "--quick", "--estimators", "discoformer", "kde", "--only", "^step d=",
+                "--timeout", "900") == 0
+    (cell,) = _load(tmp_path, "step")["cells"]
+    assert (cell["d"], cell["n"], cell["m"]) == (2, 1024, step_speed.STEP_QUERIES)
+    for key in ("discoformer", "kde"):
+        row = cell["rows"][key]
+        assert row["status"] == "ok", row["error"]
+        assert row["values"]["fit_seconds"] > 0 and row["values"]["step_seconds"] >= row["values"]["step_seconds_min"] > 0
+        assert row["device"] == "cpu"
+    ratio = cell["rows"]["discoformer"]["values"]["step_seconds"] / cell["rows"]["kde"]["values"]["step_seconds"]
+    assert cell["step_ratio"] == pytest.approx(ratio)
+    assert "| 2 | 1024 |" in (tmp_path / "BENCHMARKS.md").read_text()
+    timed_out = step_speed._run_child({"estimator": "kde", "d": 2, "n": 256, "device": "cpu", "seed": 0}, 0.01)
+    assert timed_out["status"] == "timeout"
+    failed = step_speed._run_child({"estimator": "nonesuch", "d": 2, "n": 256, "device": "cpu", "seed": 0}, 120)
+    assert failed["status"] == "failed" and "nonesuch" in failed["error"]
+
+
+def test_step_suite_whole_sampler_run_and_bad_device(tmp_path: Path) -> None:
+    assert _run(tmp_path, "step", "--quick", "--estimators", "kde", "--only", "^step sampler", "--timeout", "900") == 0
+    (run,) = _load(tmp_path, "step")["cells"]
+    assert run["method"] == "annealed Langevin" and run["rows"]["kde"]["status"] == "ok"
+    assert run["rows"]["kde"]["values"]["seconds"] > 0 and run["ratio"] is None  # no DiScoFormer row
+    with pytest.raises(SystemExit):
+        _run(tmp_path, "step", "--quick", "--device", "tpu-nonesuch")
 
 
 def test_integrated_squared_error_matches_closed_form() -> None:

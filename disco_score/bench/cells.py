@@ -68,6 +68,8 @@ class Options:
     #: dimension-specific checkpoint serves
     reuse: dict[str, Any] | None = None
     rerun: str | None = None
+    #: the torch device of the step suite (``cpu``, ``cuda``, ...)
+    device: str = "cpu"
 
     def rows(self, suite: str) -> list[str]:
         """Row keys to run in ``suite``: ``--estimators`` (default: the suite's defaults), in that order,

@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import suites as _suites  # noqa: F401  (registers the six GMM-prior suites)
+from . import step_speed as _step_speed  # noqa: F401  (registers the sampler-step speed suite)
 from . import wild as _wild  # noqa: F401  (registers the wild suite)
 from .cells import Options
 from .problems import _jsonable, run_metadata
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--targets", type=int, default=None, metavar="N",
                         help="targets per cell instead of the protocol's 8 (P2: 4) — cheaper, noisier")
+    parser.add_argument("--device", default="cpu",
+                        help="step suite: the torch device to fit and query on (e.g. cuda); default cpu")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the cells an interrupted run of the same suite, seed and rows logged "
                         "in <out-dir>/benchmarks/cells.jsonl")
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--targets must be a positive integer")
     if args.timeout is not None and not args.timeout > 0:
         parser.error("--timeout must be a positive number of seconds")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch sees no CUDA device")
     reuse = _read_result(parser, "--reuse", args.reuse)
     if reuse is not None and args.suite != reuse.get("suite"):
         parser.error(f"--reuse: {args.reuse} holds the {reuse.get('suite')!r} suite; run that suite alone")
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
                    timeout=args.timeout, progress=not args.no_progress,
                    cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume,
-                   targets=args.targets, reuse=reuse, rerun=args.rerun)
+                   targets=args.targets, reuse=reuse, rerun=args.rerun, device=args.device)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     if reuse is not None:
         meta = reuse.get("meta", {})
