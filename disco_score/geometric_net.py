@@ -112,8 +112,10 @@ def _shifted_exp(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 #: torch's fused CPU flash-attention kernel (returns the log-normaliser too); None where absent
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 #: the curvature channel's second moments go through the fused kernel as d^2 extra values up to
-#: this d; above it the blocked loop's O(d) per pair is cheaper than O(d^2)
-FUSED_CURVATURE_MAX_DIM = 4
+#: this d; above it the blocked loop's O(d) per pair is cheaper than O(d^2) (d = 5: fused 1.3 s
+#: against 2.2 s, d = 8: 3.2 against 2.7; docs/experiments.md, "Profile of a sampler step and the
+#: fused attention path")
+FUSED_CURVATURE_MAX_DIM = 6
 # the (queries x keys) leave-one-out mask of one fused call holds at most this many entries
 _FUSED_MASK_ENTRIES = 1 << 26
 _fused_enabled = True
