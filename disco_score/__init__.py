@@ -11,6 +11,7 @@ import logging
 
 from .base import Estimator, Oracle, as_oracle
 from .discoformer import DiScoFormer, DiScoFormerAverage, DiScoFormerMixture, DiScoFormerOracle
+from .fit_stages import FitConfig
 from .kde import KDE, SDKDE, KDEOracle
 from .samplers import ChainDiverged
 
@@ -18,4 +19,4 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["DiScoFormer", "DiScoFormerOracle", "DiScoFormerAverage", "DiScoFormerMixture", "KDE", "SDKDE", "KDEOracle", "Estimator", "Oracle", "as_oracle", "ChainDiverged", "__version__"]
+__all__ = ["DiScoFormer", "FitConfig", "DiScoFormerOracle", "DiScoFormerAverage", "DiScoFormerMixture", "KDE", "SDKDE", "KDEOracle", "Estimator", "Oracle", "as_oracle", "ChainDiverged", "__version__"]

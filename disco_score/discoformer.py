@@ -3,14 +3,16 @@
 ``DiScoFormer.pretrained()`` loads the weights shipped in ``disco_score/weights`` (safetensors,
 verified against the SHA-256 recorded beside them; no network access). ``fit(samples)`` whitens the
 samples (exact affine equivariance), runs the sample encoder once and returns an immutable
-:class:`DiScoFormerOracle`; queries then cost one cross-attention pass.
+:class:`DiScoFormerOracle`; queries then cost one cross-attention pass. Its settings live in one
+:class:`~disco_score.fit_stages.FitConfig`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
-import logging
 import math
 import weakref
 from collections.abc import Sequence
@@ -22,7 +24,8 @@ import torch
 from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_nll, score_matching_and_consistency
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
-from .components import SPLIT_GATE, GaussianEnvelopes, find_split, interleaved_subsets, reassign_to_gaussians
+from .components import GaussianEnvelopes, interleaved_subsets
+from .fit_stages import MIN_COMPONENT_SIZE, SPLIT_MIN_DIM, FitConfig, find_components
 from .geometric_net import DiScoFormerNet
 from .kde import KDEOracle
 from .model import DensityNet
@@ -31,22 +34,13 @@ from .set_transformer_net import SetTransformerNet
 from .weights_io import WEIGHTS_DIR, WEIGHTS_NAME, Specialist, load_specialists, load_weights
 from .whitening import Whitening, scott_factor
 
-logger = logging.getLogger(__name__)
+__all__ = ["DiScoFormer", "DiScoFormerOracle", "DiScoFormerAverage", "DiScoFormerMixture", "FitConfig",
+           "MIN_COMPONENT_SIZE", "SPLIT_MIN_DIM", "SMOOTHED_CONVOLUTION_THRESHOLD"]
 
 #: ``smoothed(sigma)`` is the exact convolution of the samples from this many Scott bandwidths up
 #: (the refitted network below): the score-MSE optimum per noise level
 #: (docs/experiments.md, "Noise-conditional score of DiScoFormer: what `smoothed(σ)` should do")
 SMOOTHED_CONVOLUTION_THRESHOLD = 1.5
-
-#: components are looked for from this dimension up: in high d whitening hides them from the
-#: network, and at d = 10 it fits one component far better than several (9.4 % relative score MSE
-#: on a whole set, 2.3 % per component); at d = 2 no split fired in the probes (docs/experiments.md,
-#: "Design: the component stage from d = 5, with a minimum part size and reassignment").
-SPLIT_MIN_DIM = 5
-#: the fewest samples a found component may have (or 2 (d + 1), to whiten it): on fewer, the
-#: network does worse on the parts than on the whole set; 192 was the best of 32 … 512
-#: (docs/experiments.md, "Design: the component stage from d = 5, with a minimum part size and reassignment")
-MIN_COMPONENT_SIZE = 192
 #: queries further than this from the samples' mean (in whitened units, i.e. data standard
 #: deviations) are refused: the network's float32 Gram features of its curvature channels
 #: (~ radius^6) overflow beyond ~1e6
@@ -54,47 +48,31 @@ MAX_WHITENED_RADIUS = 1e6
 #: the largest learning rate ``adapt`` accepts: its parameters are log-bandwidths and gate
 #: biases, which a step above 1 throws out of the range the network was trained on
 MAX_ADAPT_LR = 1.0
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FitConfig))
 
 
 class DiScoFormer(Estimator):
     """The pretrained density-and-score transformer.
+
+    ``fit`` runs named steps: find components (:meth:`components`), fit each part
+    (:meth:`_fit_part`, on interleaved subsets where a specialist asks for them), then, where
+    several components were found, weigh them (:meth:`_log_weights`, with the level offsets) and cap
+    them (:meth:`_envelopes`). Each step's switch and knobs are fields of :attr:`config`.
 
     Args:
         net: the general network, a :class:`~disco_score.geometric_net.DiScoFormerNet` serving every d
             (default: the packaged weights).
         specialists: dimension-specific networks, used instead of ``net`` where they serve (see
             :class:`Specialist`). None: the packaged ones when ``net`` is None, else none.
-        key_block: keys per attention block (memory is O(query_block x key_block x heads)).
-        query_block: queries per forward pass.
-        normalize: in d <= 2, divide the density by its integral over a grid (trapezoid rule in
-            whitened coordinates, 1024 or 96 x 96 nodes over the sample range +- 4), so it
-            integrates to 1 up to quadrature error. The network alone is normalised only
-            approximately (its heads mix kernel estimates with learned, query-dependent weights).
-        convolution_threshold: ``smoothed(sigma)`` returns the exact convolution of the samples with
-            N(0, sigma^2 I) (a KDE with bandwidth sigma) from ``sigma >= convolution_threshold`` Scott
-            bandwidths (``data_sd * n^(-1/(d+4))``) up, and the network refitted on a noised copy
-            of the samples below. None (default): :data:`SMOOTHED_CONVOLUTION_THRESHOLD` (1.5: the
-            lowest score MSE against ``p * N(0, sigma^2 I)``, and deterministic samplers such as DDIM
-            do not copy the data), except in :func:`disco_score.samplers.annealed_langevin`, which
-            uses :data:`disco_score.samplers.LANGEVIN_CONVOLUTION_THRESHOLD` (0.4).
-        split_components: in ``d >= split_min_dim``, look for well-separated components first
-            (:func:`disco_score.components.find_split`, rotation-equivariant projection pursuit) and,
-            recursively, fit one network per component: ``fit`` then returns a
-            :class:`DiScoFormerMixture`. Whitening makes two distant components of a
-            high-dimensional set nearly invisible to distances; fitted apart, each is easy.
-        split_min_dim: the smallest dimension where components are looked for.
-        split_gate: split only where the best two-way split leaves less than this fraction of the
-            variance along its direction within the sides (Gaussian: 0.36; see
-            :data:`disco_score.components.SPLIT_GATE`).
-        max_components: at most this many components (splits stop there).
-        min_component_size: the fewest samples a component may have; at least ``2 (d + 1)``, enough
-            to whiten it and estimate its covariance (default :data:`MIN_COMPONENT_SIZE`).
-        reassign: after the cuts, move samples to the part whose Gaussian fit explains them best
-            (:func:`disco_score.components.reassign_to_gaussians`), so a component a cut went
-            through is made whole again.
-        envelopes: cap each found component's log-density far from its samples by an inflated
-            Gaussian fit (:class:`disco_score.components.GaussianEnvelopes`), so that no part's
-            tail takes the posterior in another component's region.
+        config: the settings (:class:`~disco_score.fit_stages.FitConfig`; default: its defaults).
+        **overrides: FitConfig fields replacing those of ``config``, e.g.
+            ``DiScoFormer.pretrained(split_components=False)``.
+
+    Attributes:
+        config: the :class:`~disco_score.fit_stages.FitConfig` in force (the one place to read a
+            setting; ``dataclasses.replace(estimator.config, ...)`` makes a variant to pass back in).
+        net: the general network.
+        specialists: the specialists, a tuple.
 
     Example:
         >>> import numpy as np
@@ -103,14 +81,13 @@ class DiScoFormer(Estimator):
         >>> oracle = DiScoFormer.pretrained().fit(x)
         >>> oracle.score(np.zeros((3, 2))).shape
         (3, 2)
+        >>> DiScoFormer.pretrained(envelopes=False).config.envelopes
+        False
     """
 
-    def __init__(self, net: DensityNet | None = None, key_block: int = 4096, query_block: int = 1024,
-                 normalize: bool = True, convolution_threshold: float | None = None,
-                 specialists: Sequence[Specialist] | None = None, split_components: bool = True,
-                 split_min_dim: int = SPLIT_MIN_DIM, split_gate: float = SPLIT_GATE,
-                 max_components: int = 8, min_component_size: int = MIN_COMPONENT_SIZE,
-                 reassign: bool = True, envelopes: bool = True) -> None:
+    def __init__(self, net: DensityNet | None = None, *, specialists: Sequence[Specialist] | None = None,
+                 config: FitConfig | None = None, **overrides: Any) -> None:
+        self.config = FitConfig.from_overrides(config, **overrides)
         if net is not None and not isinstance(net, (DiScoFormerNet, SetTransformerNet)):
             raise ValueError(f"net must be a DiScoFormerNet or SetTransformerNet (or None for the packaged "
                              f"weights); got {type(net).__name__}")
@@ -124,25 +101,21 @@ class DiScoFormer(Estimator):
         if len(set(dims)) != len(dims):
             raise ValueError(f"specialists: at most one per dimension, got dimensions {dims}")
         self.specialists = tuple(specialists)
-        self.key_block = check_int(key_block, "key_block")
-        self.query_block = check_int(query_block, "query_block")
-        self.normalize = bool(normalize)
-        self.convolution_threshold = (None if convolution_threshold is None
-                                      else check_positive(convolution_threshold, "convolution_threshold"))
-        self.split_components = bool(split_components)
-        self.split_min_dim = check_int(split_min_dim, "split_min_dim")
-        self.split_gate = check_positive(split_gate, "split_gate")
-        if not self.split_gate < 1:
-            raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {split_gate}")
-        self.max_components = check_int(max_components, "max_components")
-        self.reassign = bool(reassign)
-        self.envelopes = bool(envelopes)
-        self.min_component_size = check_int(min_component_size, "min_component_size", minimum=2)
-        self._level_offsets: dict[tuple[int, int, int], float] = {}  # (n, d, net) -> nats
+        # a memo, not configuration: (n, d, id(net)) -> nats (see unimodal_level_offset)
+        self._level_offset_cache: dict[tuple[int, int, int], float] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CONFIG_FIELDS:  # a setting assigned here would be silently ignored
+            raise AttributeError(f"{name} is a FitConfig field: set estimator.config = "
+                                 f"dataclasses.replace(estimator.config, {name}=...)")
+        if name == "config" and not isinstance(value, FitConfig):
+            raise TypeError(f"config must be a FitConfig, got {type(value).__name__}")
+        object.__setattr__(self, name, value)
 
     @classmethod
     def pretrained(cls, weights_dir: str | Path | None = None, **kwargs: Any) -> "DiScoFormer":
-        """The checkpoint shipped in the package (hash-verified), or one from ``weights_dir``."""
+        """The checkpoint shipped in the package (hash-verified), or one from ``weights_dir``;
+        ``kwargs`` as for the constructor (``specialists``, ``config``, FitConfig fields)."""
         directory = Path(weights_dir) if weights_dir else WEIGHTS_DIR
         net, _ = load_weights(directory)
         kwargs.setdefault("specialists", load_specialists(directory))
@@ -155,67 +128,35 @@ class DiScoFormer(Estimator):
 
     def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
         """Condition on ``samples`` (n, d): whiten them and run the sample encoder once (per
-        component, where components are found; see ``split_components``).
+        component, where components are found; see :class:`~disco_score.fit_stages.FitConfig`).
 
         Returns an immutable :class:`DiScoFormerOracle`; a :class:`DiScoFormerAverage` of them for
         a set larger than its specialist's ``bag_size``; or a :class:`DiScoFormerMixture` of those,
-        one per component (in the samples' dtype and on their device); raises ValueError if the samples are invalid,
-        have no spread or are rank-deficient.
+        one per component (in the samples' dtype and on their device). All three answer the same
+        :class:`~disco_score.base.Oracle` interface, ``adapt`` and ``with_convolution_threshold``
+        included. Raises ValueError if the samples are invalid, have no spread or are rank-deficient.
         """
         x = as_samples(samples)
         whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
-        components = self.components(x, whitening)
-        if len(components) == 1:
-            return self._fit_component(x, whitening)
-        fits = [self._fit_component(part) for part in components]
-        counts = torch.tensor([float(part.shape[0]) for part in components], dtype=torch.float64, device=x.device)
-        # each part is one component: recalibrate its level (a subset average: its subsets' mean level)
-        offsets = torch.tensor([sum(float(c.samples.shape[0]) * self._unimodal_level_offset(*c.samples.shape)
-                                    for c in getattr(fit, "components", [fit])) / float(fit.samples.shape[0])
-                                for fit in fits], dtype=torch.float64, device=x.device)
-        # envelopes in units of a power of two near the data's scale: exact for ordinary data, and
-        # their covariances stay in float64's range for data near 1e200 or 1e-200
-        scale = 2.0 ** round(math.log2(_data_sd(x.to(torch.float64))))
-        log_scale = x.shape[1] * math.log(scale)
-        envelopes = None if not self.envelopes else GaussianEnvelopes.from_parts(
-            [part / scale for part in components],
-            [lambda q, fit=fit: fit._log_density_and_score(q * scale, want_score=False)[0] + log_scale
-             for fit in fits])
-        return DiScoFormerMixture(self, x, fits, torch.log(counts / counts.sum()) - offsets, envelopes, scale)
+        parts = self.components(x, whitening)
+        if len(parts) == 1:
+            return self._fit_part(x, self._bags(x), whitening)
+        bags = [self._bags(part) for part in parts]
+        fits = [self._fit_part(part, part_bags) for part, part_bags in zip(parts, bags)]
+        log_weights = self._log_weights(parts, bags)
+        scale = _envelope_scale(x)
+        return DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale)
 
-    def _fit_component(self, part: torch.Tensor, whitening: Whitening | None = None
-                       ) -> "DiScoFormerOracle | DiScoFormerAverage":
-        """One fit of ``part`` (n, d), or the log-average of fits of its interleaved subsets."""
-        bags = self._bags(part)
-        if len(bags) == 1:
-            return DiScoFormerOracle(self, part, self.net_for(*part.shape), whitening)
-        counts = torch.tensor([float(b.shape[0]) for b in bags], dtype=torch.float64, device=part.device)
-        return DiScoFormerAverage(self, part, [DiScoFormerOracle(self, b, self.net_for(*b.shape)) for b in bags],
-                                  torch.log(counts / counts.sum()))
-
-    def _unimodal_level_offset(self, n: int, d: int) -> float:
-        """Mean error (nats) of the log-density the serving network gives a Gaussian: fitted on n
-        standard-normal samples in d dimensions, evaluated at 1024 fresh draws (seeded; cached).
-
-        Why: trained on the GMM prior, where most sets have several components, the network sets
-        the level of its log-density for those; on one component it is too high (d = 100: up to
-        +4.5 nats; docs/experiments.md, "The components' log-density level"). A found component is
-        one such set, so its log-density is lowered by this offset. It depends on
-        (n, d) and the network only, so the fit stays exactly equivariant.
-        """
-        key = (n, d, id(self.net_for(n, d)))
-        cache = self._level_offsets
-        if key not in cache:
-            gen = torch.Generator().manual_seed(derive_level_seed(n, d))
-            x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-            y = torch.randn(1024, d, generator=gen, dtype=torch.float64)
-            truth = -0.5 * (y ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
-            oracle = DiScoFormerOracle(self, x, self.net_for(n, d))
-            cache[key] = float((oracle.log_density(y) - truth).mean())
-        return cache[key]
+    def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
+        """Step 1: the sample set (n, d) cut into the components ``fit`` models separately
+        (:func:`~disco_score.fit_stages.find_components`; one part if none is found or
+        ``config.split_components`` is off)."""
+        return find_components(samples, whitening if whitening is not None else Whitening.from_samples(samples),
+                               self.config)
 
     def _bags(self, part: torch.Tensor) -> list[torch.Tensor]:
-        """``part`` (n, d) as the interleaved subsets its specialist is fitted on (see :class:`Specialist`)."""
+        """Step 2a: ``part`` (n, d) as the interleaved subsets its specialist is fitted on (see
+        :class:`Specialist`; ``[part]`` for a set its network takes whole)."""
         specialist = self._specialist_for(*part.shape)
         if specialist is None or specialist.bag_size is None or part.shape[0] <= specialist.bag_size:
             return [part]
@@ -225,41 +166,62 @@ class DiScoFormer(Estimator):
         z = Whitening.from_samples(part).forward(part.to(torch.float64))
         return [part[idx] for idx in interleaved_subsets(z, -(-part.shape[0] // specialist.bag_size))]
 
-    def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
-        """The sample set (n, d) cut into the components ``fit`` models separately (breadth-first,
-        recursively; one part if none is found or splitting is off)."""
-        n, d = samples.shape
-        # each side must be whitenable and its covariance estimable: 2 (d + 1) points at least
-        min_size = max(2 * (d + 1), self.min_component_size)
-        if not self.split_components or d < self.split_min_dim or n < 2 * min_size:
-            return [samples]
-        white_all = whitening if whitening is not None else Whitening.from_samples(samples)
-        z_all = white_all.forward(samples.to(torch.float64))
-        # index sets, each with its whitening (computed once: it also checks the part spans R^d)
-        parts, done = [(torch.arange(n, device=samples.device), white_all)], []
-        while parts and len(parts) + len(done) < self.max_components:
-            idx, white = parts.pop(0)
-            z = z_all if len(idx) == n else white.forward(samples[idx].to(torch.float64))
-            split = find_split(z, min_size, self.split_gate)
-            sides = [] if split is None else [idx[split.lower], idx[~split.lower]]
-            whitenings = [_whitening_or_none(samples[side]) for side in sides]
-            if split is None or None in whitenings:
-                done.append((idx, white))  # no components, or one would lie in a subspace: fit the part whole
-                continue
-            logger.info("component split: %d / %d samples, within-split variance %.3f",
-                        int(split.lower.sum()), int((~split.lower).sum()), split.within_fraction)
-            parts += list(zip(sides, whitenings))
-        found = [idx for idx, _ in done + parts]
-        if len(found) == 1:
-            return [samples]
-        labels = torch.empty(n, dtype=torch.long, device=samples.device)
-        for j, idx in enumerate(found):
-            labels[idx] = j
-        if self.reassign:
-            moved = reassign_to_gaussians(z_all, labels, min_size)
-            if all(_whitening_or_none(samples[moved == j]) is not None for j in range(len(found))):
-                labels = moved
-        return [samples[labels == j] for j in range(len(found))]
+    def _fit_part(self, part: torch.Tensor, bags: Sequence[torch.Tensor], whitening: Whitening | None = None
+                  ) -> "DiScoFormerOracle | DiScoFormerAverage":
+        """Step 2b: one network fit of ``part`` (n, d), or, for several ``bags`` (its subsets), the
+        average in log-density of their fits (:class:`DiScoFormerAverage`: why not a mixture)."""
+        if len(bags) == 1:
+            return DiScoFormerOracle(self, part, self.net_for(*part.shape), whitening)
+        counts = torch.tensor([float(b.shape[0]) for b in bags], dtype=torch.float64, device=part.device)
+        return DiScoFormerAverage(self, part, [DiScoFormerOracle(self, b, self.net_for(*b.shape)) for b in bags],
+                                  torch.log(counts / counts.sum()))
+
+    def _log_weights(self, parts: Sequence[torch.Tensor], bags: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+        """Step 3: the components' log mixture weights: their shares of the samples, each lowered
+        (if ``config.level_offsets``) by its fit's level error on one Gaussian, the mean over its
+        subsets weighted by their sizes (a subset average's level is its subsets' mean level)."""
+        device = parts[0].device
+        counts = torch.tensor([float(part.shape[0]) for part in parts], dtype=torch.float64, device=device)
+        log_shares = torch.log(counts / counts.sum())
+        if not self.config.level_offsets:
+            return log_shares
+        offsets = torch.tensor([sum(float(b.shape[0]) * self.unimodal_level_offset(*b.shape) for b in part_bags)
+                                / float(part.shape[0]) for part, part_bags in zip(parts, bags)],
+                               dtype=torch.float64, device=device)
+        return log_shares - offsets
+
+    def unimodal_level_offset(self, n: int, d: int) -> float:
+        """Mean error (nats) of the log-density the serving network gives a Gaussian: fitted on n
+        standard-normal samples in d dimensions, evaluated at 1024 fresh draws (seeded; cached).
+
+        Why: trained on the GMM prior, where most sets have several components, the network sets
+        the level of its log-density for those; on one component it is too high (docs/experiments.md,
+        "The components' log-density level"). A found component is one such set, so its
+        log-density is lowered by this offset. It depends on (n, d) and the network only, so the fit
+        stays exactly equivariant. The first call per (n, d) runs one extra network fit.
+        """
+        key = (n, d, id(self.net_for(n, d)))
+        cache = self._level_offset_cache
+        if key not in cache:
+            gen = torch.Generator().manual_seed(derive_level_seed(n, d))
+            x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+            y = torch.randn(1024, d, generator=gen, dtype=torch.float64)
+            truth = -0.5 * (y ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+            oracle = DiScoFormerOracle(self, x, self.net_for(n, d))
+            cache[key] = float((oracle.log_density(y) - truth).mean())
+        return cache[key]
+
+
+    def _envelopes(self, parts: Sequence[torch.Tensor], fits: Sequence[Oracle], scale: float
+                   ) -> GaussianEnvelopes | None:
+        """Step 4: each component's Gaussian envelope (:class:`~disco_score.components.GaussianEnvelopes`),
+        in coordinates ``x / scale``, or None if ``config.envelopes`` is off. Why: a part's network
+        can put density far from its samples, in another component's region, and take the
+        posterior there."""
+        if not self.config.envelopes:
+            return None
+        return GaussianEnvelopes.from_parts([part / scale for part in parts],
+                                            [functools.partial(_log_density_scaled, fit, scale) for fit in fits])
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""
@@ -275,7 +237,18 @@ class DiScoFormer(Estimator):
     def __repr__(self) -> str:
         dims = f", specialists for d={[sp.dim for sp in self.specialists]}" if self.specialists else ""
         return (f"DiScoFormer(params={sum(p.numel() for p in self.net.parameters())}, "
-                f"key_block={self.key_block}{dims})")
+                f"key_block={self.config.key_block}{dims})")
+
+
+def _envelope_scale(x: torch.Tensor) -> float:
+    """A power of two near the data's scale, the unit of the envelopes: exact for ordinary data, and
+    their covariances stay in float64's range for data near 1e200 or 1e-200."""
+    return 2.0 ** round(math.log2(_data_sd(x.to(torch.float64))))
+
+
+def _log_density_scaled(fit: Oracle, scale: float, q: torch.Tensor) -> torch.Tensor:
+    """``fit``'s log-density in the coordinates ``q = x / scale`` (a density per unit of q)."""
+    return fit.log_density(q * scale) + q.shape[1] * math.log(scale)
 
 
 def _data_sd(x: torch.Tensor) -> float:
@@ -326,15 +299,6 @@ def _net_dtype(net: DensityNet) -> torch.dtype:
     return next(net.parameters()).dtype
 
 
-def _whitening_or_none(part: torch.Tensor) -> Whitening | None:
-    """The whitening of a part (n, d), or None if it does not span all d dimensions (so it cannot
-    be fitted on its own)."""
-    try:
-        return Whitening.from_samples(part)
-    except ValueError:
-        return None
-
-
 class DiScoFormerOracle(Oracle):
     """A sample set encoded by DiScoFormer. Immutable; ``adapt`` returns a new oracle.
 
@@ -355,10 +319,10 @@ class DiScoFormerOracle(Oracle):
         self._net = _net_on(net, samples.device)
         z = self._whitened(self.samples)[None]
         with torch.no_grad():
-            self._encoded: EncodedSamples = net.encode(z, key_block=estimator.key_block)
+            self._encoded: EncodedSamples = net.encode(z, key_block=estimator.config.key_block)
         self._log_normalizer: float | None = None  # computed on the first log-density request
-        self._convolution_threshold = (SMOOTHED_CONVOLUTION_THRESHOLD if estimator.convolution_threshold is None
-                                       else estimator.convolution_threshold)
+        self._convolution_threshold = (SMOOTHED_CONVOLUTION_THRESHOLD if estimator.config.convolution_threshold is None
+                                       else estimator.config.convolution_threshold)
         self._freeze()
 
     @property
@@ -388,7 +352,7 @@ class DiScoFormerOracle(Oracle):
 
     def with_default_convolution_threshold(self, threshold: float) -> "DiScoFormerOracle":
         """:meth:`with_convolution_threshold` unless the estimator fixed ``convolution_threshold``."""
-        return self if self.estimator.convolution_threshold is not None else self.with_convolution_threshold(threshold)
+        return self if self.estimator.config.convolution_threshold is not None else self.with_convolution_threshold(threshold)
 
     @property
     def log_normalizer(self) -> float:
@@ -396,7 +360,7 @@ class DiScoFormerOracle(Oracle):
         because score-only users (samplers, particle solvers) never need it."""
         if self._log_normalizer is None:
             value = 0.0
-            if self.estimator.normalize and self.dim <= 2:
+            if self.estimator.config.normalize and self.dim <= 2:
                 value = self._grid_log_normalizer(self._whitened(self.samples))
             object.__setattr__(self, "_log_normalizer", value)
         assert self._log_normalizer is not None
@@ -437,10 +401,10 @@ class DiScoFormerOracle(Oracle):
         if y.shape[0] == 0:  # no queries: empty results (torch.cat of nothing would fail)
             return y.new_zeros((0,)), y.new_zeros((0, y.shape[1]))
         outs_l, outs_s = [], []
-        step = self.estimator.query_block
+        step = self.estimator.config.query_block
         with torch.set_grad_enabled(grad):
             for i0 in range(0, y.shape[0], step):
-                lp, sc = net.query(self._encoded, y[None, i0:i0 + step], key_block=self.estimator.key_block)
+                lp, sc = net.query(self._encoded, y[None, i0:i0 + step], key_block=self.estimator.config.key_block)
                 outs_l.append(lp[0])
                 outs_s.append(sc[0])
         return torch.cat(outs_l), torch.cat(outs_s)
@@ -524,7 +488,7 @@ class DiScoFormerOracle(Oracle):
         for p in params:
             p.requires_grad_(True)
         with torch.no_grad():
-            encoded = [net.encode(z[h][None], key_block=self.estimator.key_block) for h in halves]
+            encoded = [net.encode(z[h][None], key_block=self.estimator.config.key_block) for h in halves]
         # fixed draws across steps: the same estimate of log Z is differentiated every step
         proposals = [defensive_proposal(z[h], n_proposal, gen) for h in halves]
         for _ in range(steps):
@@ -593,7 +557,7 @@ class _FitParts(Oracle):
 
     def with_default_convolution_threshold(self, threshold: float) -> Any:
         """:meth:`with_convolution_threshold` unless the estimator fixed ``convolution_threshold``."""
-        return self if self.estimator.convolution_threshold is not None else self.with_convolution_threshold(threshold)
+        return self if self.estimator.config.convolution_threshold is not None else self.with_convolution_threshold(threshold)
 
     def adapt(self, steps: int = 16, lr: float | None = None, n_queries: int = 256, seed: int = 0,
               objective: Objective | None = None, n_proposal: int = 512) -> Any:
@@ -699,6 +663,6 @@ class DiScoFormerAverage(_FitParts):
 
 
 def derive_level_seed(n: int, d: int) -> int:
-    """The fixed seed of the Gaussian reference set behind :meth:`DiScoFormer._unimodal_level_offset`."""
+    """The fixed seed of the Gaussian reference set behind :meth:`DiScoFormer.unimodal_level_offset`."""
     return (1_000_003 * n + d) % (2 ** 31)
 

@@ -11,6 +11,7 @@ Export a training checkpoint first: ``disco-score train --export CKPT --weights-
 weights beside a specialist's).
 """
 import argparse
+import dataclasses
 import re
 import time
 
@@ -44,7 +45,7 @@ for cell in cells:
     for index in range(targets):
         problem = bench.make_problem(cell.family, cell.d, cell.n, index, seed=args.seed)
         for key, model in models.items():
-            model.normalize = needs_log_density  # the d <= 2 grid normaliser only matters for log-densities
+            model.config = dataclasses.replace(model.config, normalize=needs_log_density)  # the d <= 2 grid normaliser only matters for log-densities
             figures = bench.query_metrics(model.fit(problem.samples), problem)
             for metric in cell.shown:
                 sums[key][metric] += figures[metric] / targets

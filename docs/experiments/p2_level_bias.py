@@ -10,7 +10,7 @@ from disco_score import DiScoFormer, bench
 torch.set_num_threads(1)
 n = int(sys.argv[1]); seeds = [int(v) for v in sys.argv[2].split(",")]
 est = DiScoFormer.pretrained()
-print("unimodal offset", est._unimodal_level_offset(n, 100))
+print("unimodal offset", est.unimodal_level_offset(n, 100))
 for seed in seeds:
     for t in range(4):
         p = bench.make_problem("p2", 100, n, t, seed)
