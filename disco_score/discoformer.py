@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import json
 import math
 import weakref
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .adaptation import DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_nll, score_matching_and_consistency
+from .adaptation import (DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_hyvarinen,
+                         heldout_nll, score_matching_and_consistency)
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
 from .base import Estimator, Oracle
 from .components import GaussianEnvelopes, interleaved_subsets
@@ -48,14 +50,16 @@ MAX_WHITENED_RADIUS = 1e6
 #: the largest learning rate ``adapt`` accepts: its parameters are log-bandwidths and gate
 #: biases, which a step above 1 throws out of the range the network was trained on
 MAX_ADAPT_LR = 1.0
+logger = logging.getLogger(__name__)
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FitConfig))
 
 
 class DiScoFormer(Estimator):
     """The pretrained density-and-score transformer.
 
-    ``fit`` runs named steps: find components (:meth:`components`), fit each part
-    (:meth:`_fit_part`, on interleaved subsets where a specialist asks for them), then, where
+    ``fit`` runs named steps: find components (:meth:`components`), choose each part's network
+    (:meth:`serving_network`), fit each part (:meth:`_fit_part`, on interleaved subsets where a
+    specialist asks for them), then, where
     several components were found, weigh them (:meth:`_log_weights`, with the level offsets) and cap
     them (:meth:`_envelopes`). Each step's switch and knobs are fields of :attr:`config`.
 
@@ -139,11 +143,12 @@ class DiScoFormer(Estimator):
         x = as_samples(samples)
         whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
         parts = self.components(x, whitening)
+        nets = [self.serving_network(part) for part in parts]
+        bags = [self._bags(part, net) for part, net in zip(parts, nets)]
         if len(parts) == 1:
-            return self._fit_part(x, self._bags(x), whitening)
-        bags = [self._bags(part) for part in parts]
-        fits = [self._fit_part(part, part_bags) for part, part_bags in zip(parts, bags)]
-        log_weights = self._log_weights(parts, bags)
+            return self._fit_part(x, bags[0], nets[0], whitening)
+        fits = [self._fit_part(part, part_bags, net) for part, part_bags, net in zip(parts, bags, nets)]
+        log_weights = self._log_weights(parts, bags, nets)
         scale = _envelope_scale(x)
         return DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale)
 
@@ -154,10 +159,25 @@ class DiScoFormer(Estimator):
         return find_components(samples, whitening if whitening is not None else Whitening.from_samples(samples),
                                self.config)
 
-    def _bags(self, part: torch.Tensor) -> list[torch.Tensor]:
-        """Step 2a: ``part`` (n, d) as the interleaved subsets its specialist is fitted on (see
-        :class:`Specialist`; ``[part]`` for a set its network takes whole)."""
-        specialist = self._specialist_for(*part.shape)
+    def serving_network(self, part: torch.Tensor) -> DensityNet:
+        """Step 2: the network that fits ``part`` (n, d). Where a specialist serves its size, it and
+        the general network compete by cross-fitted held-out score matching in whitened
+        coordinates (:func:`~disco_score.adaptation.heldout_hyvarinen`; so the choice is
+        affine-invariant and needs no labels), unless ``config.choose_network`` is off."""
+        candidate = self.net_for(*part.shape)
+        if candidate is self.net or not self.config.choose_network:
+            return candidate
+        z = Whitening.from_samples(part).forward(part.to(torch.float64))
+        losses = [heldout_hyvarinen(functools.partial(DiScoFormerOracle, self, net=net), z)
+                  for net in (candidate, self.net)]
+        logger.info("network choice at n=%d, d=%d: held-out score matching %.4g (specialist) vs %.4g (general)",
+                    part.shape[0], part.shape[1], *losses)
+        return candidate if losses[0] <= losses[1] else self.net
+
+    def _bags(self, part: torch.Tensor, net: DensityNet) -> list[torch.Tensor]:
+        """Step 3a: ``part`` (n, d) as the interleaved subsets ``net`` is fitted on: a specialist's
+        ``bag_size`` (see :class:`Specialist`), else ``[part]``."""
+        specialist = next((sp for sp in self.specialists if sp.net is net), None)
         if specialist is None or specialist.bag_size is None or part.shape[0] <= specialist.bag_size:
             return [part]
         # every subset at most the trained n: a found component above it, fitted whole, got worse with
@@ -166,18 +186,19 @@ class DiScoFormer(Estimator):
         z = Whitening.from_samples(part).forward(part.to(torch.float64))
         return [part[idx] for idx in interleaved_subsets(z, -(-part.shape[0] // specialist.bag_size))]
 
-    def _fit_part(self, part: torch.Tensor, bags: Sequence[torch.Tensor], whitening: Whitening | None = None
-                  ) -> "DiScoFormerOracle | DiScoFormerAverage":
-        """Step 2b: one network fit of ``part`` (n, d), or, for several ``bags`` (its subsets), the
+    def _fit_part(self, part: torch.Tensor, bags: Sequence[torch.Tensor], net: DensityNet,
+                  whitening: Whitening | None = None) -> "DiScoFormerOracle | DiScoFormerAverage":
+        """Step 3b: one fit of ``part`` (n, d) by ``net``, or, for several ``bags`` (its subsets), the
         average in log-density of their fits (:class:`DiScoFormerAverage`: why not a mixture)."""
         if len(bags) == 1:
-            return DiScoFormerOracle(self, part, self.net_for(*part.shape), whitening)
+            return DiScoFormerOracle(self, part, net, whitening)
         counts = torch.tensor([float(b.shape[0]) for b in bags], dtype=torch.float64, device=part.device)
-        return DiScoFormerAverage(self, part, [DiScoFormerOracle(self, b, self.net_for(*b.shape)) for b in bags],
+        return DiScoFormerAverage(self, part, [DiScoFormerOracle(self, b, net) for b in bags],
                                   torch.log(counts / counts.sum()))
 
-    def _log_weights(self, parts: Sequence[torch.Tensor], bags: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
-        """Step 3: the components' log mixture weights: their shares of the samples, each lowered
+    def _log_weights(self, parts: Sequence[torch.Tensor], bags: Sequence[Sequence[torch.Tensor]],
+                     nets: Sequence[DensityNet]) -> torch.Tensor:
+        """Step 4: the components' log mixture weights: their shares of the samples, each lowered
         (if ``config.level_offsets``) by its fit's level error on one Gaussian, the mean over its
         subsets weighted by their sizes (a subset average's level is its subsets' mean level)."""
         device = parts[0].device
@@ -185,13 +206,13 @@ class DiScoFormer(Estimator):
         log_shares = torch.log(counts / counts.sum())
         if not self.config.level_offsets:
             return log_shares
-        offsets = torch.tensor([sum(float(b.shape[0]) * self.unimodal_level_offset(*b.shape) for b in part_bags)
-                                / float(part.shape[0]) for part, part_bags in zip(parts, bags)],
+        offsets = torch.tensor([sum(float(b.shape[0]) * self.unimodal_level_offset(*b.shape, net) for b in part_bags)
+                                / float(part.shape[0]) for part, part_bags, net in zip(parts, bags, nets)],
                                dtype=torch.float64, device=device)
         return log_shares - offsets
 
-    def unimodal_level_offset(self, n: int, d: int) -> float:
-        """Mean error (nats) of the log-density the serving network gives a Gaussian: fitted on n
+    def unimodal_level_offset(self, n: int, d: int, net: DensityNet | None = None) -> float:
+        """Mean error (nats) of the log-density ``net`` (default: :meth:`net_for`) gives a Gaussian: fitted on n
         standard-normal samples in d dimensions, evaluated at 1024 fresh draws (seeded; cached).
 
         Why: trained on the GMM prior, where most sets have several components, the network sets
@@ -200,21 +221,22 @@ class DiScoFormer(Estimator):
         log-density is lowered by this offset. It depends on (n, d) and the network only, so the fit
         stays exactly equivariant. The first call per (n, d) runs one extra network fit.
         """
-        key = (n, d, id(self.net_for(n, d)))
+        net = self.net_for(n, d) if net is None else net
+        key = (n, d, id(net))
         cache = self._level_offset_cache
         if key not in cache:
             gen = torch.Generator().manual_seed(derive_level_seed(n, d))
             x = torch.randn(n, d, generator=gen, dtype=torch.float64)
             y = torch.randn(1024, d, generator=gen, dtype=torch.float64)
             truth = -0.5 * (y ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
-            oracle = DiScoFormerOracle(self, x, self.net_for(n, d))
+            oracle = DiScoFormerOracle(self, x, net)
             cache[key] = float((oracle.log_density(y) - truth).mean())
         return cache[key]
 
 
     def _envelopes(self, parts: Sequence[torch.Tensor], fits: Sequence[Oracle], scale: float
                    ) -> GaussianEnvelopes | None:
-        """Step 4: each component's Gaussian envelope (:class:`~disco_score.components.GaussianEnvelopes`),
+        """Step 5: each component's Gaussian envelope (:class:`~disco_score.components.GaussianEnvelopes`),
         in coordinates ``x / scale``, or None if ``config.envelopes`` is off. Why: a part's network
         can put density far from its samples, in another component's region, and take the
         posterior there."""
@@ -224,7 +246,8 @@ class DiScoFormer(Estimator):
                                             [functools.partial(_log_density_scaled, fit, scale) for fit in fits])
 
     def net_for(self, n: int, d: int) -> DensityNet:
-        """The network that serves ``n`` samples in ``d`` dimensions: a specialist or the general net."""
+        """The candidate network for ``n`` samples in ``d`` dimensions: a specialist where one serves
+        that size, else the general net (:meth:`serving_network` makes the choice on the data)."""
         specialist = self._specialist_for(n, d)
         return self.net if specialist is None else specialist.net
 

@@ -5,11 +5,13 @@ stage of it that needs no network: cutting the sample set into components.
 
 1. find components (:func:`find_components`: ``split_components``, ``split_min_dim``, ``split_gate``,
    ``max_components``, ``min_component_size``; then ``reassign``);
-2. fit each part with the network that serves its size, as interleaved subsets averaged in
-   log-density where a specialist's ``bag_size`` asks for it (no switch: the network's own limit);
-3. lower each component's mixture weight by the network's level error on one Gaussian of its size
+2. choose each part's network: where a dimension specialist serves its size, it and the general
+   network compete by cross-fitted held-out score matching (``choose_network``);
+3. fit each part with its network, as interleaved subsets averaged in log-density where a
+   specialist's ``bag_size`` asks for it (no switch: the network's own limit);
+4. lower each component's mixture weight by the network's level error on one Gaussian of its size
    (``level_offsets``);
-4. cap each component's log-density far from its samples by a Gaussian envelope (``envelopes``).
+5. cap each component's log-density far from its samples by a Gaussian envelope (``envelopes``).
 
 ``normalize`` and ``convolution_threshold`` shape the fitted oracle's answers; ``key_block`` and
 ``query_block`` bound its memory. This module imports no network, so the estimator imports it
@@ -82,6 +84,13 @@ class FitConfig:
         reassign: after the cuts, move samples to the part whose Gaussian fit explains them best
             (:func:`disco_score.components.reassign_to_gaussians`), so a component a cut went
             through is made whole again.
+        choose_network: where a specialist serves a part's (n, d), fit the part with whichever of
+            it and the general network has the lower held-out Hyvärinen score-matching loss
+            (:func:`disco_score.adaptation.heldout_hyvarinen`: no labels; cross-fitted on two
+            interleaved halves, in whitened coordinates). Off: the specialist always serves. Why:
+            the d = 10 specialist, trained on Gaussian mixtures only, is 2x better on them and up to
+            5x worse on heavy tails and funnels (docs/experiments.md, "Choosing the network by held-out
+            score matching").
         level_offsets: lower each found component's log-density by the network's mean error on one
             Gaussian of its size (:meth:`~disco_score.discoformer.DiScoFormer.unimodal_level_offset`;
             one extra, cached fit per size).
@@ -100,6 +109,7 @@ class FitConfig:
     max_components: int = 8
     min_component_size: int = MIN_COMPONENT_SIZE
     reassign: bool = True
+    choose_network: bool = True
     level_offsets: bool = True
     envelopes: bool = True
 
@@ -116,7 +126,7 @@ class FitConfig:
         }
         if not checked["split_gate"] < 1:
             raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {self.split_gate}")
-        for name in ("normalize", "split_components", "reassign", "level_offsets", "envelopes"):
+        for name in ("normalize", "split_components", "reassign", "choose_network", "level_offsets", "envelopes"):
             checked[name] = _check_bool(getattr(self, name), name)
         for name, value in checked.items():
             object.__setattr__(self, name, value)

@@ -103,3 +103,43 @@ def test_valid_configs_round_trip(key_block: int, split_min_dim: int, split_gate
                     min_component_size=min_component_size, **dict(zip(names, switches)))
     assert dataclasses.replace(cfg) == cfg and FitConfig(**dataclasses.asdict(cfg)) == cfg
     assert cfg.min_part_size(d) >= max(2 * (d + 1), min_component_size)
+
+
+# -- the network choice -------------------------------------------------------------------------
+def test_heldout_hyvarinen_is_exact_for_a_known_score() -> None:
+    # s(y) = -y (the standard normal): div s = -d, so the loss is mean |y|^2 / 2 - d at the scored points
+    from disco_score.adaptation import CHOICE_POINTS, heldout_hyvarinen
+    from disco_score.components import interleaved_subsets
+
+    class _Exact:
+        def score(self, y: torch.Tensor) -> torch.Tensor:
+            return -y
+
+    d = 3
+    z = torch.randn(600, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = heldout_hyvarinen(lambda half: _Exact(), z)
+    halves = interleaved_subsets(z, 2)
+    scored = [z[h][:: max(1, len(h) // CHOICE_POINTS)][:CHOICE_POINTS] for h in halves]
+    expected = sum(float((0.5 * (y ** 2).sum(1)).mean()) - d for y in scored) / 2
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_network_choice_follows_the_score_error(model: DiScoFormer) -> None:
+    # d = 10: on heavy tails (Student-t product, nu = 2) the general network wins and is chosen; on a
+    # Gaussian mixture the d = 10 specialist (trained on mixtures) is chosen
+    from disco_score import metrics
+    from disco_score.targets import ProductStudentT, random_gmm
+
+    if not model.specialists:
+        pytest.skip("no specialist packaged")
+    gen = torch.Generator().manual_seed(5)
+    heavy = ProductStudentT(10, 2.0)
+    x, y = heavy.sample(1024, gen), heavy.sample(256, gen)
+    assert model.serving_network(x) is model.net
+    fixed = dataclasses.replace(model.config, choose_network=False)
+    chosen_err = metrics.relative_score_mse(model.fit(x).score(y), heavy.score(y))
+    specialist_err = metrics.relative_score_mse(DiScoFormer(model.net, specialists=model.specialists,
+                                                            config=fixed).fit(x).score(y), heavy.score(y))
+    assert chosen_err < specialist_err
+    mixture = random_gmm(10, generator=torch.Generator().manual_seed(1))
+    assert model.serving_network(mixture.sample(512, gen)) is model.specialists[0].net
