@@ -393,11 +393,8 @@ class DiScoFormerOracle(Oracle):
         """Score at ``x`` (m, d) -> (m, d); skips the log-density normaliser (a constant)."""
         q = self._queries(x)
         with torch.no_grad():
-            z = self._whitened(q.points)
-            _, sc = self._query(z)
-            score = self.whitening.score_out(sc.to(torch.float64))
-        if not bool(torch.isfinite(score).all()):
-            raise FloatingPointError("DiScoFormer produced non-finite scores")
+            _, score = self._evaluate(q.points, want_log_density=False)
+        assert score is not None
         return q.restore(score.to(q.points.dtype))
 
     def _grid_log_normalizer(self, z: torch.Tensor) -> float:
@@ -432,16 +429,26 @@ class DiScoFormerOracle(Oracle):
                 outs_s.append(sc[0])
         return torch.cat(outs_l), torch.cat(outs_s)
 
-    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
-                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = self._whitened(y)
-        lp, sc = self._query(z)
-        # (an empty query set needs no normaliser: skip its grid evaluation)
-        log_p = self.whitening.log_density_out(lp.to(torch.float64)) - (self.log_normalizer if y.shape[0] else 0.0)
-        score = self.whitening.score_out(sc.to(torch.float64)) if want_score else None
-        if not bool(torch.isfinite(log_p).all()) or (score is not None and not bool(torch.isfinite(score).all())):
+    def _evaluate(self, y: torch.Tensor, want_log_density: bool = True, want_score: bool = True
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The one data path of every output: points (m, d) -> whitened -> the encoded samples
+        queried -> back to the points' coordinates (float64 log-density, less the grid normaliser,
+        and score; None where not wanted). FloatingPointError if the network's values are not finite."""
+        lp, sc = self._query(self._whitened(y))
+        log_p = score = None
+        if want_log_density:  # (an empty query set needs no normaliser: skip its grid evaluation)
+            log_p = self.whitening.log_density_out(lp.to(torch.float64)) - (self.log_normalizer if y.shape[0] else 0.0)
+        if want_score:
+            score = self.whitening.score_out(sc.to(torch.float64))
+        if any(t is not None and not bool(torch.isfinite(t).all()) for t in (log_p, score)):
             raise FloatingPointError("DiScoFormer produced non-finite values; the queries may be far outside "
                                      "the float32 range of the whitened samples")
+        return log_p, score
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        log_p, score = self._evaluate(y, want_score=want_score)
+        assert log_p is not None
         return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
 
     def _smoothed(self, sigma: float) -> Oracle:
