@@ -50,6 +50,24 @@ def test_wild_rows_are_resumed_not_rerun(tmp_path: Path, monkeypatch: pytest.Mon
     assert calls == []
 
 
+def test_reuse_takes_accuracy_and_sampling_cells_from_a_wild_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # --reuse benchmarks/wild.json: both cell lists (accuracy and W1 sampling) are reused, nothing re-run
+    first = tmp_path / "first"
+    args = ["wild", "--quick", "--no-progress", "--estimators", "kde-cv", "kde-scott", "--only", "^W1 "]
+    assert cli.main([*args, "--out-dir", str(first)]) == 0
+    old = json.loads((first / "benchmarks" / "wild.json").read_text())
+    assert old["cells"] and old["sampling"]
+    monkeypatch.setattr(wild, "evaluate_row", lambda *a, **k: pytest.fail("accuracy cell re-run"))
+    monkeypatch.setattr(wild, "_generate", lambda *a, **k: pytest.fail("sampling cell re-run"))
+    again = tmp_path / "again"
+    assert cli.main([*args, "--out-dir", str(again), "--reuse", str(first / "benchmarks" / "wild.json")]) == 0
+    new = json.loads((again / "benchmarks" / "wild.json").read_text())
+    assert [c["cell"] for c in new["cells"]] == [c["cell"] for c in old["cells"]]
+    assert [c["cell"] for c in new["sampling"]] == [c["cell"] for c in old["sampling"]]
+    assert all("measured_at" in c for c in new["sampling"])
+
+
 def test_bic_mixture_finds_three_separated_clusters() -> None:
     truth = GaussianMixture(torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64),
                             torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]], dtype=torch.float64),

@@ -214,11 +214,13 @@ def _log_cell(opts: Options, suite: str, row_keys: Sequence[str], result: dict[s
 def _reused_result_cells(opts: Options, suite: str) -> dict[str, dict[str, Any]]:
     """Cells of ``opts.reuse`` (same suite, seed, size, rows and targets) not matching ``opts.rerun``."""
     result = opts.reuse
-    if result is None or result.get("suite") != suite:
+    # the wild suite's file holds two cell lists: its accuracy cells and, under "sampling", W1 sampling's
+    section = "sampling" if suite == "wild-sampling" else "cells"
+    if result is None or result.get("suite") != ("wild" if suite == "wild-sampling" else suite):
         return {}
     meta = result.get("meta", {})  # seed, size and rows: main() refuses a file that differs
     done = {}
-    for cell in result.get("cells", []):
+    for cell in result.get(section, []):
         if opts.targets is not None and cell.get("targets") != opts.targets:
             continue
         if opts.rerun is not None and re.search(opts.rerun, cell["cell"]):
