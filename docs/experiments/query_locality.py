@@ -5,7 +5,10 @@
 Packaged general network, n = 8192 two-cluster two-scale sets, 200 queries; the fused calls of one
 score evaluation (first query layer, local heads; the d > 6 curvature layer runs blocked and is not
 seen)."""
-import torch, numpy as np, sys
+
+import numpy as np
+import torch
+
 import disco_score.geometric_net as gn
 from disco_score import DiScoFormer
 torch.set_num_threads(1)
