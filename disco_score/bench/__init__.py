@@ -12,6 +12,8 @@ Definitions (the GMM prior, protocols P1/P2/P3 and W1–W3, metrics, baselines, 
   published figures and protocol reference values they attach come from ``data/published.json``.
 * :mod:`.wild`: the wild protocol (W1 toy sets, W2 exact non-mixture targets, W3 real posteriors)
   against the estimators a user would pick instead (:mod:`.baselines`, :mod:`.toys`, :mod:`.posteriors`).
+* :mod:`.step_speed`: the sampler-step speed suite (``step``): fit time and the score at 1000
+  particles against the package's KDE over the (d, n) grid, whole sampler runs, ``--device``.
 * :mod:`.report`: BENCHMARKS.md, the plots and ``--compare``.
 * :mod:`.cli`: the command line (:func:`main`).
 """
