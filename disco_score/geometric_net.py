@@ -118,6 +118,10 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 FUSED_CURVATURE_MAX_DIM = 6
 # the (queries x keys) leave-one-out mask of one fused call holds at most this many entries
 _FUSED_MASK_ENTRIES = 1 << 26
+# the local heads' fused path holds every key's d + d(d+1)/2 moment values at once: above this many
+# entries (256 MB of float32, as much again for the padded keys) it takes the blocked loop, whose
+# memory is one key block's
+_FUSED_LOCAL_VALUE_ENTRIES = 1 << 26
 _fused_enabled = True
 
 
@@ -385,7 +389,8 @@ class LocalGaussianHead(nn.Module):
         w = self.weight_k(self.norm_k(enc.feat))
         w = (w - torch.logsumexp(w, dim=1, keepdim=True)).permute(0, 2, 1)  # (B, G, n)
         y = queries[:, None]
-        if _can_fuse(queries, z, alpha, w):
+        n_values = z.shape[0] * z.shape[1] * alpha.shape[1] * (d + d * (d + 1) // 2)
+        if _can_fuse(queries, z, alpha, w) and n_values <= _FUSED_LOCAL_VALUE_ENTRIES:
             log_acc0, mean, second, n_eff = self._fused_moments(queries, z, alpha, w)
         else:
             log_acc0, mean, second, n_eff = self._blocked_moments(queries, z, alpha, w, key_block)

@@ -93,3 +93,26 @@ def test_leave_one_out_mask_spans_query_chunks(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(fused.lse, blocked.lse, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.shift, blocked.shift, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused.message, blocked.message, rtol=1e-4, atol=1e-5)
+
+
+def test_large_local_moment_sets_take_the_blocked_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # above the value budget the local heads fall back to the blocked loop (memory of one key
+    # block), with the same outputs
+    import disco_score.geometric_net as gn
+
+    net = _perturbed_net(7)
+    g = torch.Generator().manual_seed(7)
+    samples, queries = torch.randn(1, 120, 7, generator=g), torch.randn(1, 30, 7, generator=g)
+    calls = []
+    original = gn.LocalGaussianHead._blocked_moments
+    monkeypatch.setattr(gn.LocalGaussianHead, "_blocked_moments",
+                        staticmethod(lambda *a: calls.append(1) or original(*a)))
+    with torch.no_grad():
+        enc = net.encode(samples)
+        lp, sc = net.query(enc, queries)
+        assert not calls
+        monkeypatch.setattr(gn, "_FUSED_LOCAL_VALUE_ENTRIES", 0)
+        lp_blocked, sc_blocked = net.query(enc, queries)
+    assert calls
+    torch.testing.assert_close(lp, lp_blocked, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(sc, sc_blocked, rtol=1e-3, atol=1e-3)
