@@ -92,7 +92,7 @@ def test_each_switch_skips_its_step(model: DiScoFormer, two_clusters: torch.Tens
     assert calls == [1]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(key_block=st.integers(1, 10 ** 6), split_min_dim=st.integers(1, 200),
        split_gate=st.floats(1e-6, 0.999), min_component_size=st.integers(2, 10 ** 5),
        switches=st.lists(st.booleans(), min_size=5, max_size=5), d=st.integers(1, 500))
