@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from _attention import self_attention_inputs
 from disco_score import DiScoFormer
 from disco_score.weights_io import WEIGHTS_DIR, load_weights
 from disco_score.kde import KDEOracle
@@ -338,12 +339,8 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key_block", [3, 4, 100])
 def test_leave_one_out_attention_equals_attention_without_the_sample(key_block: int) -> None:
     # exclude_self must drop exactly key i for query i, in every key block
-    g = torch.Generator().manual_seed(1)
-    n, d, H, e = 9, 3, 2, 2
-    pos = torch.randn(1, n, d, generator=g)
-    scale = 0.3 * torch.randn(1, n, H, generator=g)
-    weight = torch.randn(1, n, H, generator=g)
-    q, k, v = (torch.randn(1, n, H, e, generator=g) for _ in range(3))
+    n = 9
+    pos, scale, weight, q, k, v = self_attention_inputs(1, n, d=3, heads=2, head_dim=2)
     loo = geometric_attention(pos, pos, scale, scale, weight, q, k, v, exclude_self=True, key_block=key_block)
     for i in range(n):
         keep = [j for j in range(n) if j != i]

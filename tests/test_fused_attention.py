@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _attention import self_attention_inputs
 from disco_score.geometric_net import (FUSED_CURVATURE_MAX_DIM, DiScoFormerNet, GeometricConfig, fused_attention,
                                        geometric_attention)
 from disco_score.weights_io import load_weights
@@ -80,12 +81,8 @@ def test_leave_one_out_mask_spans_query_chunks(monkeypatch: pytest.MonkeyPatch) 
     # the fused leave-one-out path splits queries into chunks by the mask size: each chunk must mask its own diagonal
     import disco_score.geometric_net as gn
 
-    g = torch.Generator().manual_seed(4)
-    n, d, H, e = 37, 2, 2, 3
-    pos = torch.randn(1, n, d, generator=g)
-    scale = 0.3 * torch.randn(1, n, H, generator=g)
-    weight = torch.randn(1, n, H, generator=g)
-    q, k, v = (torch.randn(1, n, H, e, generator=g) for _ in range(3))
+    n = 37
+    pos, scale, weight, q, k, v = self_attention_inputs(4, n, d=2, heads=2, head_dim=3)
     monkeypatch.setattr(gn, "_FUSED_MASK_ENTRIES", 5 * n)  # chunks of 5 queries
     fused = geometric_attention(pos, pos, scale, scale, weight, q, k, v, exclude_self=True)
     with fused_attention(False):

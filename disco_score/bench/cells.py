@@ -247,3 +247,18 @@ def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[st
             done[entry["result"]["cell"]] = {**entry["result"], "measured_at": {
                 "commit": entry.get("commit"), "date": entry.get("date")}}
     return done
+
+
+def timed_rows(keys: Sequence[str], d: int, n: int, gave_up: dict[tuple[str, int], str],
+               measure: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each row's entry at (d, n) from ``measure(key)``, grid order small n first: a row that timed
+    out or ran out of memory at this d is skipped at every larger n (recorded in ``gave_up``)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        if (key, d) in gave_up:
+            entries[key] = {"status": "skipped", "error": gave_up[(key, d)]}
+            continue
+        entries[key] = measure(key)
+        if entries[key]["status"] in ("timeout", "oom"):
+            gave_up[(key, d)] = f"{entries[key]['status']} at n={n}"
+    return entries

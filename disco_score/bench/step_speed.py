@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .cells import Options, _reused_result_cells
+from .cells import Options, _reused_result_cells, timed_rows
 from .problems import _error_text, derive_seed, draw, make_target
 from .registry import register_suite
 from .rows import Context
@@ -173,14 +173,10 @@ def run_step(opts: Options, ctx: Context) -> dict[str, Any]:
             cells.append(done[label])
             continue
         rows: dict[str, dict[str, Any]] = {}
-        for key in keys:
-            if (key, d) in gave_up:
-                entry = {"status": "skipped", "error": gave_up[(key, d)]}
-            else:
-                entry = _run_child({"estimator": key, "d": d, "n": n, "device": opts.device,
-                                    "seed": derive_seed(opts.seed, "step", d, n)}, timeout)
-                if entry["status"] in ("timeout", "oom"):
-                    gave_up[(key, d)] = f"{entry['status']} at n={n}"
+        entries = timed_rows(keys, d, n, gave_up, lambda key: _run_child(
+            {"estimator": key, "d": d, "n": n, "device": opts.device,
+             "seed": derive_seed(opts.seed, "step", d, n)}, timeout))
+        for key, entry in entries.items():
             values = {k: entry[k] for k in ("fit_seconds", "step_seconds", "step_seconds_min", "peak_rss_mb")
                       if k in entry}
             rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),

@@ -53,7 +53,7 @@ from ..kde import KDE, SDKDE
 from ..targets import GaussianMixture, Target
 from . import report
 from .cells import (SCALING_N_DIMS, Options, _log_cell, _logged_cells, _reused_result_cells, accuracy_cells,
-                    downstream_cells, run_cells, sampling_cells, scaling_cells)
+                    downstream_cells, run_cells, sampling_cells, scaling_cells, timed_rows)
 from .problems import Problem, _error_text, _jsonable, derive_seed, draw, make_problem, make_target
 from .registry import register_suite
 from .rows import ESTIMATORS, ORACLE_KDE, PPL_ESTIMATORS, SAMPLING_SOURCES, SPEED_ESTIMATORS, Context
@@ -233,14 +233,9 @@ def run_speed(opts: Options, ctx: Context) -> dict[str, Any]:
             logger.info("%s: reused (measured at %s)", label, done[label]["measured_at"].get("commit"))
             continue
         rows: dict[str, dict[str, Any]] = {}
-        for key in keys:
-            if (key, d) in gave_up:
-                entry = {"status": "skipped", "error": gave_up[(key, d)]}
-            else:
-                config = {"estimator": key, "d": d, "n": n, "seed": derive_seed(opts.seed, "speed", d, n)}
-                entry = run_speed_config(config, timeout)
-                if entry["status"] in ("timeout", "oom"):
-                    gave_up[(key, d)] = f"{entry['status']} at n={n}"
+        entries = timed_rows(keys, d, n, gave_up, lambda key: run_speed_config(
+            {"estimator": key, "d": d, "n": n, "seed": derive_seed(opts.seed, "speed", d, n)}, timeout))
+        for key, entry in entries.items():
             values = {k: entry[k] for k in ("fit_seconds", "eval_seconds", "seconds", "peak_rss_mb",
                                            "rss_before_mb") if k in entry}
             rows[key] = {"label": SPEED_ESTIMATORS[key], "status": entry["status"],
