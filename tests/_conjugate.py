@@ -2,7 +2,7 @@
 
 The problem, the reference posteriors and the error measures live in
 :mod:`disco_score.integrations._conjugate` (shared with the benchmark's ``ppl`` suite); this module
-holds only what the tests add: the tolerances and the assertion.
+holds only what the tests add: the tolerances, the assertion and an oracle gone bad.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
+from disco_score.base import Oracle
 from disco_score.integrations._conjugate import ConjugateProblem, kde_reference, moment_errors
 
 #: Monte-Carlo tolerance, in standard errors (max over coordinates / covariance entries)
@@ -33,3 +35,17 @@ def check_posterior_draws(label: str, problem: ConjugateProblem, oracle, draws: 
     print(f"\n{label} d={problem.dim}: vs exact KDE-prior posterior {exact_kde}\n"
           f"{label} d={problem.dim}: vs true-prior posterior    {truth}")
     assert exact_kde.mean_z < Z_TOL and exact_kde.cov_z < Z_TOL, exact_kde
+
+
+class NaNOracle(Oracle):
+    """An oracle that has gone bad: NaN log-density and score everywhere (d = 2, float64, CPU)."""
+
+    dim, compute_dtype, device = 2, torch.float64, torch.device("cpu")
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        nan = torch.full_like(y, torch.nan)
+        return nan[:, 0], nan if want_score else None
+
+    def _smoothed(self, sigma: float) -> Oracle:
+        raise NotImplementedError

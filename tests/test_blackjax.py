@@ -14,7 +14,7 @@ jax = pytest.importorskip("jax")
 blackjax = pytest.importorskip("blackjax")
 import jax.numpy as jnp  # noqa: E402
 
-from _conjugate import Z_TOL, check_posterior_draws  # noqa: E402
+from _conjugate import Z_TOL, NaNOracle, check_posterior_draws  # noqa: E402
 from disco_score.integrations._conjugate import (  # noqa: E402
     make_problem,
     moment_errors,
@@ -159,20 +159,8 @@ def test_nan_position_raises_not_nan_chain(oracle):
 
 
 def test_oracle_returning_nan_stops_nuts(oracle):
-    class Broken(Oracle):
-        """An oracle that has gone bad: NaN everywhere."""
-
-        dim, compute_dtype, device = oracle.dim, oracle.compute_dtype, oracle.device
-
-        def _log_density_and_score(self, y, want_score=True):
-            nan = torch.full_like(y, torch.nan)
-            return nan[:, 0], nan if want_score else None
-
-        def _smoothed(self, sigma):
-            raise NotImplementedError
-
     healthy = blackjax.nuts(logdensity_fn(oracle), step_size=0.5, inverse_mass_matrix=jnp.ones(2))
-    broken = blackjax.nuts(logdensity_fn(Broken()), step_size=0.5, inverse_mass_matrix=jnp.ones(2))
+    broken = blackjax.nuts(logdensity_fn(NaNOracle()), step_size=0.5, inverse_mass_matrix=jnp.ones(2))
     state = healthy.init(jnp.zeros(2))
     with pytest.raises(Exception, match="oracle returned a non-finite log-density"):
         jax.jit(broken.step)(jax.random.key(0), state)

@@ -17,7 +17,7 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.diagnostics import effective_sample_size  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
-from _conjugate import KDE_GAP_BOUND, Z_TOL, check_posterior_draws  # noqa: E402
+from _conjugate import KDE_GAP_BOUND, Z_TOL, NaNOracle, check_posterior_draws  # noqa: E402
 from disco_score.integrations._conjugate import (  # noqa: E402
     estimator_gap,
     kde_reference,
@@ -133,17 +133,7 @@ def test_potential_fn_is_negative_log_density(problem, estimator):
 
 
 def test_nan_oracle_raises_instead_of_running(problem):
-    class Broken(Oracle):
-        dim, compute_dtype, device = 2, torch.float64, torch.device("cpu")
-
-        def _log_density_and_score(self, y, want_score=True):
-            nan = torch.full_like(y, torch.nan)
-            return nan[:, 0], nan if want_score else None
-
-        def _smoothed(self, sigma):
-            raise NotImplementedError
-
-    model = conjugate_model(problem.prior_samples, Broken())
+    model = conjugate_model(problem.prior_samples, NaNOracle())
     mcmc = MCMC(NUTS(model), num_warmup=10, num_samples=10, progress_bar=False)
     with pytest.raises(Exception, match="oracle returned a non-finite log-density"):
         mcmc.run(jax.random.key(0), jnp.asarray(problem.observations))

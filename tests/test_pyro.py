@@ -16,7 +16,7 @@ from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO  # noqa: E402
 from pyro.infer.autoguide import AutoMultivariateNormal  # noqa: E402
 from pyro.ops.stats import effective_sample_size  # noqa: E402
 
-from _conjugate import Z_TOL, check_posterior_draws  # noqa: E402
+from _conjugate import Z_TOL, NaNOracle, check_posterior_draws  # noqa: E402
 from disco_score.integrations._conjugate import (  # noqa: E402
     kde_reference,
     make_problem,
@@ -144,17 +144,7 @@ def test_errors_surface_as_value_errors(problem, oracle):
     with pytest.raises(ValueError, match="non-finite position"):
         oracle_log_prob(oracle, torch.tensor([float("nan"), 0.0]))
 
-    class Broken(Oracle):
-        dim, compute_dtype, device = 2, torch.float64, torch.device("cpu")
-
-        def _log_density_and_score(self, y, want_score=True):
-            nan = torch.full_like(y, torch.nan)
-            return nan[:, 0], nan if want_score else None
-
-        def _smoothed(self, sigma):
-            raise NotImplementedError
-
-    mcmc = MCMC(NUTS(conjugate_model(problem.prior_samples, Broken())), num_samples=5, warmup_steps=5,
+    mcmc = MCMC(NUTS(conjugate_model(problem.prior_samples, NaNOracle())), num_samples=5, warmup_steps=5,
                 disable_progbar=True)
     with pytest.raises(ValueError, match="oracle returned a non-finite"):
         mcmc.run(torch.tensor(problem.observations, dtype=torch.float32))
