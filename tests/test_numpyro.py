@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
@@ -27,7 +26,6 @@ from disco_score.integrations._conjugate import (  # noqa: E402
     ula_stationary_cov,
 )
 from disco_score import KDE  # noqa: E402
-from disco_score.base import Oracle  # noqa: E402
 from disco_score.integrations.numpyro import EmpiricalDistribution, Langevin, potential_fn  # noqa: E402
 
 

@@ -25,7 +25,6 @@ from disco_score.integrations._conjugate import (  # noqa: E402
     ula_stationary_cov,
 )
 from disco_score import KDE  # noqa: E402
-from disco_score.base import Oracle  # noqa: E402
 from disco_score.integrations.pyro import (  # noqa: E402
     EmpiricalDistribution,
     Langevin,
