@@ -98,6 +98,13 @@ def _check_state(state: Any, kind: type, name: str = "state") -> Any:
     return state
 
 
+def _check_step_args(generator: Any, state: Any, kind: type, oracle: Any, step_size: Any
+                     ) -> tuple[torch.Generator | None, Any, Oracle, float]:
+    """The arguments every ``*_step(generator, state, oracle, step_size)`` takes, checked."""
+    return (_check_generator(generator), _check_state(state, kind), _check_oracle(oracle),
+            check_positive(step_size, "step_size"))
+
+
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``like``, drawn on the generator's device."""
     device = generator.device if generator is not None else like.device
@@ -257,10 +264,7 @@ def langevin_step(generator: torch.Generator | None, state: LangevinState, oracl
     The generator comes first (BlackJAX's ``kernel(rng_key, state, ...)``); None draws from torch's
     global generator. Pure: ``state`` is not modified.
     """
-    generator = _check_generator(generator)
-    state = _check_state(state, LangevinState)
-    oracle = _check_oracle(oracle)
-    step_size = check_positive(step_size, "step_size")
+    generator, state, oracle, step_size = _check_step_args(generator, state, LangevinState, oracle, step_size)
     x = state.position
     new = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
     new_score = _score(oracle, new)
@@ -304,10 +308,7 @@ def mala_step(generator: torch.Generator | None, state: MALAState, oracle: Oracl
 
     The generator comes first, as in :func:`langevin_step`. Pure: ``state`` is not modified.
     """
-    generator = _check_generator(generator)
-    state = _check_state(state, MALAState)
-    oracle = _check_oracle(oracle)
-    step_size = check_positive(step_size, "step_size")
+    generator, state, oracle, step_size = _check_step_args(generator, state, MALAState, oracle, step_size)
     x = state.position
     proposal = x + step_size * state.score + math.sqrt(2.0 * step_size) * _randn(x, generator)
     log_p, score = _log_density_and_score(oracle, proposal)
