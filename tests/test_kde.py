@@ -346,3 +346,21 @@ def test_cv_bandwidth_at_the_grid_edge_warns_visibly() -> None:
     clumped = np.repeat(rng.normal(size=(50, 1)), 4, axis=0) + 1e-9 * rng.normal(size=(200, 1))
     with pytest.warns(UserWarning, match="lower edge of its grid"):
         KDE("cv").fit(clumped)
+
+
+def test_kernel_sums_of_far_centres_and_zero_weights_are_exact() -> None:
+    # logits far below exp's float32 range are raised to a floor (speed); the sums must not move,
+    # and a centre of weight exactly zero must still contribute nothing
+    y = torch.tensor([[0.0, 0.0], [3.0, 0.0], [-2.0, 1.0]])
+    c = torch.tensor([[0.0, 0.0], [0.5, 0.0], [20.0, 0.0], [40.0, 1.0], [-60.0, 3.0]])
+    lse32, mean32 = gaussian_kernel_sums(y, c)
+    lse64, mean64 = gaussian_kernel_sums(y.double(), c.double())
+    torch.testing.assert_close(lse32.double(), lse64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mean32.double(), mean64, rtol=1e-6, atol=1e-6)
+    log_w = torch.tensor([0.0, -math.inf, 0.0, 0.0, 0.0], dtype=torch.float64)
+    c = c.double()
+    c[1, 0] = 1e25  # floored instead of zero, its weight e^-80 would shift the mean by 1e-10
+    lse, mean = gaussian_kernel_sums(y.double(), c, log_w)
+    ref_lse, ref_mean = gaussian_kernel_sums(y.double(), c[[0, 2, 3, 4]].double())
+    torch.testing.assert_close(lse, ref_lse, rtol=0, atol=1e-15)
+    torch.testing.assert_close(mean, ref_mean, rtol=0, atol=1e-15)
