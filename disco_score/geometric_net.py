@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from .kde import LOGIT_FLOOR
 from .net_blocks import MLP, EncodedSamples, _outside, _zero, context_features
 from .whitening import log_scott_factor
 
@@ -96,17 +97,14 @@ def _signed_log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-# Kernel weights below exp(-80) are negligible next to the block maximum (weight 1) but would send
-# float32 exp down its slow underflow path (~30x slower on x86); they are raised to exp(-80).
-_LOGIT_FLOOR = -80.0
 
 
 def _shifted_exp(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """exp(max(logits - shift, -80)); in place on ``logits`` (a fresh temporary) when no gradient
     is recorded, which also avoids allocating another (block x block) tensor."""
     if torch.is_grad_enabled() and (logits.requires_grad or shift.requires_grad):
-        return torch.exp((logits - shift).clamp_min(_LOGIT_FLOOR))
-    return logits.sub_(shift).clamp_min_(_LOGIT_FLOOR).exp_()
+        return torch.exp((logits - shift).clamp_min(LOGIT_FLOOR))
+    return logits.sub_(shift).clamp_min_(LOGIT_FLOOR).exp_()
 
 
 #: torch's fused CPU flash-attention kernel (returns the log-normaliser too); None where absent

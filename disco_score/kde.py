@@ -34,8 +34,10 @@ Kernel = Literal["full", "isotropic"]
 #: elements of one (queries x samples) block: 2^19 (2 MB of float32) stays near the cache; the loop
 #: is memory-bound (at d = 2 and 10, n = 8192, 1000 queries: 15-25 % faster than 2^21)
 BLOCK_ELEMENTS = 1 << 19
-#: kernel logits (less their running maximum) are raised to this before exp
-_LOGIT_FLOOR = -80.0
+#: kernel logits less their running maximum are raised to this before exp (here and in the
+#: network's attention): weights below e^-80 are negligible next to the maximum's 1, but would send
+#: float32 exp down its slow subnormal path (~30x slower on x86)
+LOGIT_FLOOR = -80.0
 
 
 def gaussian_kernel_sums(y: torch.Tensor, centres: torch.Tensor, log_weights: torch.Tensor | None = None,
@@ -59,7 +61,7 @@ def gaussian_kernel_sums(y: torch.Tensor, centres: torch.Tensor, log_weights: to
     lw = torch.zeros(n, dtype=dtype, device=y.device) if log_weights is None else log_weights.to(dtype)
     # raising logits below the floor to it changes every sum by at most n e^-80 relative to its
     # largest term (below float64's rounding); not where a weight is exactly zero (log w = -inf)
-    floor = _LOGIT_FLOOR if bool(torch.isfinite(lw).all()) else None
+    floor = LOGIT_FLOOR if bool(torch.isfinite(lw).all()) else None
     q_block = max(1, min(m, 4096))
     c_block = max(1, block_elements // q_block)
     c_sq = 0.5 * (centres * centres).sum(1)
@@ -81,7 +83,7 @@ def gaussian_kernel_sums(y: torch.Tensor, centres: torch.Tensor, log_weights: to
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             rescale = torch.exp(run_max - safe_max)
             p = logits.sub_(safe_max[:, None])
-            if floor is not None:  # exp below ~-87 takes float32's slow subnormal path (~30x)
+            if floor is not None:
                 p.clamp_(min=floor)
             p.exp_()
             run_sum = run_sum * rescale + p.sum(1)
