@@ -33,6 +33,7 @@ from .kde import KDEOracle
 from .model import DensityNet
 from .net_blocks import EncodedSamples
 from .set_transformer_net import SetTransformerNet
+from .summary import MixtureSummary, distil
 from .weights_io import WEIGHTS_DIR, WEIGHTS_NAME, Specialist, load_specialists, load_weights
 from .whitening import Whitening, scott_factor
 
@@ -61,7 +62,9 @@ class DiScoFormer(Estimator):
     (:meth:`serving_network`), fit each part (:meth:`_fit_part`, on interleaved subsets where a
     specialist asks for them), then, where
     several components were found, weigh them (:meth:`_log_weights`, with the level offsets) and cap
-    them (:meth:`_envelopes`). Each step's switch and knobs are fields of :attr:`config`.
+    them (:meth:`_envelopes`); where ``config.summary`` asks for it, distil the fit into a fixed-size
+    mixture, the sampler's fast path (:meth:`_summarize`). Each step's switch and knobs are fields
+    of :attr:`config`.
 
     Args:
         net: the general network, a :class:`~disco_score.geometric_net.DiScoFormerNet` serving every d
@@ -130,7 +133,7 @@ class DiScoFormer(Estimator):
         """The JSON stored beside the weights (config, SHA-256, training metadata)."""
         return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
 
-    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
+    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture | MixtureSummary":
         """Condition on ``samples`` (n, d): whiten them and run the sample encoder once (per
         component, where components are found; see :class:`~disco_score.fit_stages.FitConfig`).
 
@@ -138,7 +141,8 @@ class DiScoFormer(Estimator):
         a set larger than its specialist's ``bag_size``; or a :class:`DiScoFormerMixture` of those,
         one per component (in the samples' dtype and on their device). All three answer the same
         :class:`~disco_score.base.Oracle` interface, ``adapt`` and ``with_convolution_threshold``
-        included. Raises ValueError if the samples are invalid, have no spread or are rank-deficient.
+        included. With ``config.summary`` set, the fit distilled into a
+        :class:`~disco_score.summary.MixtureSummary` instead (a plain Oracle). Raises ValueError if the samples are invalid, have no spread or are rank-deficient.
         """
         x = as_samples(samples)
         whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
@@ -146,11 +150,12 @@ class DiScoFormer(Estimator):
         nets = [self.serving_network(part) for part in parts]
         bags = [self._bags(part, net) for part, net in zip(parts, nets)]
         if len(parts) == 1:
-            return self._fit_part(x, bags[0], nets[0], whitening)
+            return self._summarize(self._fit_part(x, bags[0], nets[0], whitening), x)
         fits = [self._fit_part(part, part_bags, net) for part, part_bags, net in zip(parts, bags, nets)]
         log_weights = self._log_weights(parts, bags, nets)
         scale = _envelope_scale(x)
-        return DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale)
+        return self._summarize(
+            DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale), x)
 
     def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
         """Step 1: the sample set (n, d) cut into the components ``fit`` models separately
@@ -244,6 +249,11 @@ class DiScoFormer(Estimator):
             return None
         return GaussianEnvelopes.from_parts([part / scale for part in parts],
                                             [functools.partial(_log_density_scaled, fit, scale) for fit in fits])
+
+    def _summarize(self, fit: Oracle, samples: torch.Tensor) -> Oracle:
+        """Step 6: the fit distilled into a fixed-size mixture where ``config.summary`` asks for it
+        (:func:`~disco_score.summary.distil`), else the fit itself."""
+        return fit if self.config.summary is None else distil(fit, samples, self.config.summary)
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The candidate network for ``n`` samples in ``d`` dimensions: a specialist where one serves

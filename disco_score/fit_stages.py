@@ -11,7 +11,9 @@ stage of it that needs no network: cutting the sample set into components.
    specialist's ``bag_size`` asks for it (no switch: the network's own limit);
 4. lower each component's mixture weight by the network's level error on one Gaussian of its size
    (``level_offsets``);
-5. cap each component's log-density far from its samples by a Gaussian envelope (``envelopes``).
+5. cap each component's log-density far from its samples by a Gaussian envelope (``envelopes``);
+6. where ``summary`` asks for it, distil the fit into a fixed-size Gaussian mixture, the sampler's
+   fast path (:func:`disco_score.summary.distil`), and return that.
 
 ``normalize`` and ``convolution_threshold`` shape the fitted oracle's answers; ``key_block`` and
 ``query_block`` bound its memory. This module imports no network, so the estimator imports it
@@ -29,6 +31,7 @@ import torch
 
 from ._checks import check_int, check_positive
 from .components import SPLIT_GATE, find_split, reassign_to_gaussians
+from .summary import SummaryConfig
 from .whitening import Whitening
 
 logger = logging.getLogger(__name__)
@@ -97,6 +100,14 @@ class FitConfig:
         envelopes: cap each found component's log-density far from its samples by an inflated
             Gaussian fit (:class:`disco_score.components.GaussianEnvelopes`), so that no part's
             tail takes the posterior in another component's region.
+        summary: distil the fit into a fixed-size Gaussian mixture
+            (:class:`~disco_score.summary.MixtureSummary`, built by
+            :func:`~disco_score.summary.distil` with these settings) and return that instead: a
+            score step then costs ``m K d r`` whatever ``n``, and one summary serves every noise level
+            of an annealed sampler exactly. ``True`` means ``SummaryConfig()``; None or False
+            (default): the network itself. Its price, the held-out gap to the network, is
+            :attr:`~disco_score.summary.MixtureSummary.teacher_gap` (docs/experiments.md,
+            "Distilling the network into a fixed-size mixture").
     """
 
     key_block: int = 4096
@@ -112,6 +123,7 @@ class FitConfig:
     choose_network: bool = True
     level_offsets: bool = True
     envelopes: bool = True
+    summary: SummaryConfig | None = None
 
     def __post_init__(self) -> None:
         checked = {
@@ -128,6 +140,12 @@ class FitConfig:
             raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {self.split_gate}")
         for name in ("normalize", "split_components", "reassign", "choose_network", "level_offsets", "envelopes"):
             checked[name] = _check_bool(getattr(self, name), name)
+        summary = self.summary
+        if isinstance(summary, (bool, np.bool_)):
+            summary = SummaryConfig() if summary else None
+        if summary is not None and not isinstance(summary, SummaryConfig):
+            raise TypeError(f"summary must be a SummaryConfig, a bool or None, got {type(summary).__name__}")
+        checked["summary"] = summary
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 

@@ -32,7 +32,7 @@ def two_clusters() -> torch.Tensor:
     ("split_min_dim", 0, ValueError), ("split_gate", 1.0, ValueError), ("split_gate", -0.1, ValueError),
     ("max_components", 0, ValueError), ("min_component_size", 1, ValueError),
     ("normalize", "yes", TypeError), ("split_components", None, TypeError), ("reassign", 1, TypeError),
-    ("level_offsets", "no", TypeError), ("envelopes", 0.0, TypeError),
+    ("level_offsets", "no", TypeError), ("envelopes", 0.0, TypeError), ("summary", {"steps": 3}, TypeError),
 ])
 def test_bad_values_raise_naming_the_field(field: str, value: object, error: type) -> None:
     with pytest.raises(error, match=field):

@@ -1,0 +1,371 @@
+"""A fixed-size Gaussian mixture distilled from a fitted oracle: the sampler's fast path.
+
+A sampler asks for the score thousands of times. The network's answer costs an attention over
+every sample per query; a mixture of K components costs ``m K d r`` per step whatever ``n``, and
+its convolution with ``N(0, sigma^2 I)`` is again such a mixture, so one summary serves every noise
+level of an annealed sampler exactly. Fitted to the samples alone (k-means, EM), such a mixture
+is far worse than the network: over-split components put spurious curvature into the score
+(docs/experiments.md, "A K-component mixture summary with no network"). So :func:`distil` starts
+from EM and then fits the mixture to the *teacher's* scores and log-densities at the samples and
+at jittered copies of them (score matching against the teacher; no labels), which removes the
+spurious curvature (docs/experiments.md, "Distilling the network into a fixed-size mixture").
+
+Components are ``N(mu_k, s_k^2 I + U_k U_k^T)`` in whitened coordinates, ``U_k`` of rank
+``r = min(d, rank)``. A convolution adds ``sigma^2 W W^T`` there (``W`` the whitening matrix), so
+the oracle evaluates components of the form ``diag(D_k) + V_k V_k^T`` in the eigenbasis of
+``W W^T`` (Woodbury: O(d r) per query and component).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import ArrayLike, as_samples, check_int, check_positive
+from .base import Oracle
+from .whitening import Whitening, scott_factor
+
+logger = logging.getLogger(__name__)
+
+#: the (queries x components x d) work tensors of one evaluation hold at most this many entries
+_CHUNK_ENTRIES = 1 << 22
+#: distillation steps between checks of the held-out gap
+EVAL_EVERY = 20
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    """How :func:`distil` builds the summary; validated on construction.
+
+    Attributes:
+        components: at most this many mixture components; fewer where the set is small, so that each
+            has at least ``max(16, 2 d)`` samples to start from.
+        rank: rank of each component's covariance beyond its isotropic part (capped at ``d``).
+        em_steps: EM steps from the k-means start (on at most ``em_points`` samples).
+        em_points: samples used for k-means and EM.
+        points: samples at which the teacher is queried, each also at two jittered copies (on the
+            scale of its own EM component) — ``3 points`` teacher queries in all.
+        steps: Adam steps of the distillation (0: the widened EM fit alone), ``batch`` points each, learning rate ``lr``
+            (cosine-decayed; parameters are in units of each component's own scale).
+        log_density_weight: weight of the log-density term (variance of the gap to the teacher's
+            log-density, which pins the components' relative weights) beside the relative score error.
+        jitter: the jittered copies' noise, in multiples of each point's component's isotropic scale.
+        held_out: samples kept out of the fit (at most a quarter of them): the teacher's scores there
+            pick the distillation step to keep and give :attr:`MixtureSummary.teacher_gap`.
+        seed: seeds the k-means start, the subsets and the jitter (the summary is a deterministic
+            function of the samples, the teacher and the seed).
+    """
+
+    components: int = 64
+    rank: int = 16
+    em_steps: int = 8
+    em_points: int = 4096
+    points: int = 1024
+    steps: int = 200
+    batch: int = 1024
+    lr: float = 0.05
+    log_density_weight: float = 0.05
+    jitter: tuple[float, ...] = (0.5, 1.5)
+    held_out: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("components", "rank", "em_points", "points", "batch", "held_out"):
+            check_int(getattr(self, name), name)
+        check_int(self.em_steps, "em_steps", minimum=0)
+        check_int(self.steps, "steps", minimum=0)
+        check_positive(self.lr, "lr")
+        check_positive(self.log_density_weight, "log_density_weight", allow_zero=True)
+        check_int(self.seed, "seed", minimum=0)
+
+
+def _kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int = 20) -> torch.Tensor:
+    """Labels (n,) of Lloyd's k-means from a k-means++ start."""
+    n = z.shape[0]
+    picks = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = ((z - z[picks[0]]) ** 2).sum(1)
+    for _ in range(k - 1):
+        total = d2.sum()
+        if not total > 0:  # fewer distinct points than components
+            break
+        j = int(torch.multinomial(d2 / total, 1, generator=gen))
+        picks.append(j)
+        d2 = torch.minimum(d2, ((z - z[j]) ** 2).sum(1))
+    centres = z[picks].clone()
+    for _ in range(iters):
+        labels = torch.cdist(z, centres).argmin(1)
+        counts = torch.bincount(labels, minlength=len(picks)).clamp_min(1).to(z.dtype)
+        centres = torch.zeros_like(centres).index_add_(0, labels, z) / counts[:, None]
+    return torch.cdist(z, centres).argmin(1)
+
+
+def _em(z: torch.Tensor, k: int, steps: int, gen: torch.Generator
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full-covariance EM from k-means labels: (counts (K,), means (K, d), covariances (K, d, d)),
+    the covariances of components with fewer than d^2 samples shrunk toward their mean variance
+    (they stay well-conditioned); components left with fewer than 2 samples are dropped."""
+    n, d = z.shape
+    resp = torch.nn.functional.one_hot(_kmeans(z, k, gen), k).to(z.dtype)
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    for step in range(steps + 1):  # M step from the responsibilities, then (but last) an E step
+        counts = resp.sum(0)
+        keep = counts >= 2
+        resp, counts = resp[:, keep], counts[keep]
+        means = resp.T @ z / counts[:, None]
+        diff = z[:, None] - means[None]  # (n, K, d)
+        cov = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / counts[:, None, None]
+        # a small component shrunk toward its mean variance (2 d pseudo-samples against at least
+        # d^2 of its own: a well-populated thin component keeps its thin directions)
+        tau = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        pseudo = 2.0 * d * (counts < d * d).to(z.dtype) + 1e-6
+        cov = (counts[:, None, None] * cov + pseudo[:, None, None] * tau[:, None, None] * eye) \
+            / (counts + pseudo)[:, None, None]
+        if step == steps:
+            return counts, means, cov
+        chol = torch.linalg.cholesky(cov)
+        sol = torch.linalg.solve_triangular(chol[:, None], diff.transpose(0, 1)[..., None], upper=False)[..., 0]
+        logits = (torch.log(counts / n) - 0.5 * (sol * sol).sum(-1).T
+                  - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
+        resp = torch.softmax(logits, 1)
+    raise AssertionError("unreachable")
+
+
+def _mixture_terms(y: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor, factors: torch.Tensor,
+                   diag: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Log-density (m,), score (m, d) or None, and the per-component log-terms (m, K) of the mixture
+    of ``N(means_k, diag(diag_k) + factors_k factors_k^T)`` at ``y`` (m, d); diag (K, d) or (K, 1)."""
+    d, r = y.shape[1], factors.shape[-1]
+    delta = y[:, None, :] - means[None]  # (m, K, d)
+    delta_d = delta / diag[None]
+    scaled = factors / diag[:, :, None]  # D^-1 V
+    inner = torch.eye(r, dtype=y.dtype, device=y.device) + factors.transpose(1, 2) @ scaled  # I + V^T D^-1 V
+    chol = torch.linalg.cholesky(inner)
+    proj = torch.einsum("mkd,kdr->mkr", delta, scaled)  # V^T D^-1 delta
+    solved = torch.cholesky_solve(proj.permute(1, 2, 0), chol).permute(2, 0, 1)
+    quad = (delta * delta_d).sum(-1) - (proj * solved).sum(-1)
+    log_det = torch.log(diag).expand(-1, d).sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    terms = log_weights - 0.5 * quad - 0.5 * log_det - 0.5 * d * math.log(2 * math.pi)
+    log_p = torch.logsumexp(terms, 1)
+    if not want_score:
+        return log_p, None, terms
+    prec_delta = delta_d - torch.einsum("mkr,kdr->mkd", solved, scaled)  # C^-1 delta (Woodbury)
+    score = -(torch.softmax(terms, 1)[..., None] * prec_delta).sum(1)
+    return log_p, score, terms
+
+
+class _Distilled(torch.nn.Module):
+    """The mixture being distilled from its EM start. Only relative changes are learned, each in the
+    component's own metric: a log-scale for its isotropic part and one per principal direction, a
+    mean shift in units of its own covariance's square root, and its weight — so that one Adam step
+    size moves a thin component as little, relative to its thin directions, as a broad one (absolute
+    parameters make Adam throw thin components apart: docs/experiments.md, "Distilling the network
+    into a fixed-size mixture")."""
+
+    #: every scale may shrink to this fraction of its start, and grow to this multiple
+    SCALE_RANGE = (0.2, 20.0)
+
+    def __init__(self, counts: torch.Tensor, means: torch.Tensor, cov: torch.Tensor, n: int, rank: int) -> None:
+        super().__init__()
+        d = means.shape[1]
+        r = min(rank, d)
+        # widened by a quarter of Scott's factor squared for each component's size, in proportion
+        # (the EM fit alone is too narrow; an isotropic widening would blur thin components)
+        widen = 1 + torch.tensor([0.25 * scott_factor(max(2, int(c)), d) ** 2 for c in counts.tolist()],
+                                 dtype=means.dtype, device=means.device)
+        evals, evecs = torch.linalg.eigh(cov * widen[:, None, None])  # ascending
+        # the isotropic part: beyond the top r directions, the harmonic mean of the remaining
+        # variances (it keeps the mean squared score, which the thin directions dominate)
+        rest = 1 / (1 / evals[:, :-r]).mean(-1) if r < d else 0.5 * evals[:, 0]
+        top = evals[:, -r:].clamp_min(rest[:, None])
+        self.register_buffer("mu0", means)
+        self.register_buffer("basis", evecs[:, :, -r:])  # (K, d, r) principal directions
+        self.register_buffer("top_sd", top.sqrt())  # (K, r)
+        self.register_buffer("log_s0", 0.5 * torch.log(rest))
+        self.register_buffer("log_extra0", 0.5 * torch.log((top - rest[:, None]).clamp_min(1e-30)))
+        self.logit = torch.nn.Parameter(torch.log(counts / n))
+        self.shift = torch.nn.Parameter(torch.zeros_like(means))
+        self.log_s_rel = torch.nn.Parameter(torch.zeros_like(rest))
+        self.log_extra_rel = torch.nn.Parameter(torch.zeros_like(top))
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-weights (K,), means (K, d), factors (K, d, r), isotropic variances (K, 1))."""
+        lo, hi = math.log(self.SCALE_RANGE[0]), math.log(self.SCALE_RANGE[1])
+        log_s = self.log_s0 + self.log_s_rel.clamp(lo, hi)
+        extra = torch.exp(self.log_extra0 + self.log_extra_rel.clamp(lo, hi))
+        # shift by C0^(1/2) a: sqrt of each principal variance along its direction, s0 across
+        s0 = torch.exp(self.log_s0)[:, None]
+        along = torch.einsum("kdr,kd->kr", self.basis, self.shift)
+        shift = s0 * self.shift + torch.einsum("kdr,kr->kd", self.basis, (self.top_sd - s0) * along)
+        return (torch.log_softmax(self.logit, 0), self.mu0 + shift, self.basis * extra[:, None, :],
+                torch.exp(2 * log_s)[:, None])
+
+    def forward(self, z: torch.Tensor, want_score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        return _mixture_terms(z, *self.parts(), want_score=want_score)
+
+
+def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = None) -> "MixtureSummary":
+    """A :class:`MixtureSummary` of ``teacher`` (any fitted oracle, usually a DiScoFormer fit on
+    ``samples``), built from ``samples`` (n, d) and the teacher's answers near them.
+
+    Steps: whiten the samples; EM from k-means (``config.components`` at most); query the teacher
+    at ``config.points`` samples and at two jittered copies of each (on the scale of its own
+    component); fit the mixture to the teacher's scores and log-densities there by Adam; measure
+    the summary's held-out gap to the teacher (relative score MSE on an eighth of the points kept
+    out of the fit, :attr:`MixtureSummary.teacher_gap`).
+
+    Raises:
+        TypeError: if ``teacher`` is not an Oracle, or ``config`` not a SummaryConfig.
+        ValueError: for invalid samples (as in ``fit``), or samples of another dimension than the
+            teacher's.
+    """
+    if not isinstance(teacher, Oracle):
+        raise TypeError(f"teacher must be a fitted Oracle, got {type(teacher).__name__}")
+    config = SummaryConfig() if config is None else config
+    if not isinstance(config, SummaryConfig):
+        raise TypeError(f"config must be a SummaryConfig, got {type(config).__name__}")
+    x = as_samples(samples)
+    if x.shape[1] != teacher.dim:
+        raise ValueError(f"samples have dimension {x.shape[1]}, the teacher {teacher.dim}")
+    out_dtype, device = torch.promote_types(x.dtype, torch.float32), x.device
+    whitening = Whitening.from_samples(x)
+    z = whitening.forward(x.to(torch.float64))
+    n, d = z.shape
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    # -- step 1: EM from k-means on a subset ---------------------------------------------------
+    k = max(1, min(config.components, n // max(16, 2 * d)))
+    em_n = min(n, config.em_points, max(k, _CHUNK_ENTRIES * 4 // (k * d)))
+    em_set = z[torch.randperm(n, generator=gen)[:em_n].to(device)]
+    counts, means, cov = _em(em_set, k, config.em_steps, gen)
+    model = _Distilled(counts * (n / em_n), means, cov, n, config.rank)
+
+    # -- step 2: the teacher's answers at samples, jittered copies and held-out samples --------
+    order = torch.randperm(n, generator=gen).to(device)
+    n_held = max(1, min(config.held_out, n // 4))
+    base, held = z[order[n_held:n_held + min(n - n_held, config.points)]], z[order[:n_held]]
+    with torch.no_grad():
+        _, _, terms = _chunked(model, base, want_score=False)
+        scale = torch.exp(model.log_s0)[terms.argmax(1)][:, None]
+    noise = torch.randn((len(config.jitter),) + tuple(base.shape), generator=gen, dtype=z.dtype).to(device)
+    pts = torch.cat([base] + [base + c * scale * e for c, e in zip(config.jitter, noise)] + [held])
+    teacher_log_p, teacher_score = teacher.log_density_and_score(whitening.backward(pts).to(teacher.compute_dtype))
+    # scores are compared in the data's coordinates (the benchmark's metric, and the one a sampler
+    # moves in): in whitened ones, an anisotropic set's errors would be weighted quite differently
+    to_data = whitening.matrix
+    target_score = teacher_score.to(torch.float64)
+    target_log_p = teacher_log_p.to(torch.float64) - whitening.log_det
+    if not (torch.isfinite(target_score).all() and torch.isfinite(target_log_p).all()):
+        raise ValueError("the teacher returned non-finite scores or log-densities at the samples; "
+                         "it cannot be distilled")
+    pts, held_score = pts[:-n_held], target_score[-n_held:]
+    target_score, target_log_p = target_score[:-n_held], target_log_p[:-n_held]
+    norm = (target_score ** 2).sum(-1).mean().clamp_min(1e-300)
+
+    def held_gap() -> float:
+        with torch.no_grad():
+            _, score, _ = _chunked(model, held, want_score=True)
+        return float(((score @ to_data - held_score) ** 2).sum() / (held_score ** 2).sum().clamp_min(1e-300))
+
+    # -- step 3: Adam on the relative score error and the log-density gap, keeping the state --
+    # -- with the lowest held-out gap (the EM start included): fitted too long, the mixture  --
+    # -- bends to the fitted points (docs/experiments.md, "Distilling the network ...")       --
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.steps))
+    batch = min(config.batch, pts.shape[0])
+    best_gap, best_state = held_gap(), copy.deepcopy(model.state_dict())
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(pts.shape[0], (batch,), generator=gen).to(device)
+        log_p, score, _ = model(pts[idx])
+        loss = ((score @ to_data - target_score[idx]) ** 2).sum(-1).mean() / norm
+        on_samples = idx < base.shape[0]  # log-density gaps off the samples run to hundreds of nats
+        if config.log_density_weight > 0 and int(on_samples.sum()) > 1:
+            loss = loss + config.log_density_weight * (log_p - target_log_p[idx])[on_samples].var()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if step % EVAL_EVERY == 0 or step == config.steps:
+            gap = held_gap()
+            logger.debug("step %d held-out gap %.4g loss %.4g", step, gap, float(loss.detach()))
+            if gap < best_gap:
+                best_gap, best_state = gap, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    with torch.no_grad():
+        log_weights, means_z, factors, iso = model.parts()
+    logger.debug("distilled %d components (rank %d) from %d samples in d = %d; held-out gap to the "
+                 "teacher %.3g", k, factors.shape[-1], n, d, best_gap)
+    return MixtureSummary(whitening, log_weights, means_z, factors, iso.squeeze(1), best_gap, out_dtype)
+
+
+def _chunked(model: _Distilled, z: torch.Tensor, want_score: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    parts = model.parts()
+    step = max(1, _CHUNK_ENTRIES // (parts[1].numel()))
+    outs = [_mixture_terms(z[i:i + step], *parts, want_score=want_score) for i in range(0, z.shape[0], step)]
+    return (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]) if want_score else None,
+            torch.cat([o[2] for o in outs]))
+
+
+class MixtureSummary(Oracle):
+    """A fitted Gaussian mixture in the form :func:`distil` builds: K components
+    ``N(mu_k, s_k^2 I + U_k U_k^T)`` in the whitened coordinates of the samples, convolved with
+    ``N(0, smoothing^2 I)`` in the data's. Immutable; ``smoothed(sigma)`` is exact.
+
+    Attributes:
+        n_components: K.
+        rank: rank of each ``U_k``.
+        smoothing: the standard deviation of the noise it is convolved with (0 for a fresh summary).
+        teacher_gap: the relative score MSE between the summary and its teacher on held-out
+            distillation points (the price of the summary; NaN when built directly).
+    """
+
+    def __init__(self, whitening: Whitening, log_weights: torch.Tensor, means: torch.Tensor,
+                 factors: torch.Tensor, variances: torch.Tensor, teacher_gap: float = math.nan,
+                 compute_dtype: torch.dtype = torch.float32, smoothing: float = 0.0) -> None:
+        k, d = means.shape
+        if log_weights.shape != (k,) or factors.shape[:2] != (k, d) or variances.shape != (k,):
+            raise ValueError(f"inconsistent shapes: log_weights {tuple(log_weights.shape)}, means {(k, d)}, "
+                             f"factors {tuple(factors.shape)}, variances {tuple(variances.shape)}")
+        self.dim, self.n_components, self.rank = d, k, int(factors.shape[-1])
+        self.compute_dtype, self.device = compute_dtype, means.device
+        self.teacher_gap, self.smoothing = float(teacher_gap), float(smoothing)
+        self._whitening = whitening
+        self._parts = (log_weights.detach().clone(), means.detach().clone(), factors.detach().clone(),
+                       variances.detach().clone())
+        # the noise N(0, smoothing^2 I) in whitened coordinates is N(0, smoothing^2 W W^T): evaluate
+        # in the eigenbasis of W W^T, where it adds smoothing^2 * eigenvalue to each axis
+        evals, basis = torch.linalg.eigh(whitening.matrix @ whitening.matrix)
+        self._basis = basis
+        diag = variances[:, None] + smoothing ** 2 * evals[None]
+        self._rotated = tuple(t.to(compute_dtype) for t in (log_weights, means @ basis,
+                                                             basis.T @ factors, diag))
+        self._to_rotated = (whitening.matrix @ basis).to(compute_dtype)
+        self._mean = whitening.mean.to(compute_dtype)
+        self._log_det = float(whitening.log_det)
+        self._freeze()
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = y.to(self.compute_dtype)
+        u = (y - self._mean) @ self._to_rotated
+        step = max(1, _CHUNK_ENTRIES // self._rotated[1].numel())
+        outs = [_mixture_terms(u[i:i + step], *self._rotated, want_score=want_score)
+                for i in range(0, u.shape[0], step)]
+        log_p = torch.cat([o[0] for o in outs]) + self._log_det
+        if not want_score:
+            return log_p, None
+        score = torch.cat([o[1] for o in outs]) @ self._to_rotated.T  # chain rule back to x
+        return log_p, score
+
+    def _smoothed(self, sigma: float) -> "MixtureSummary":
+        log_weights, means, factors, variances = self._parts
+        return MixtureSummary(self._whitening, log_weights, means, factors, variances, self.teacher_gap,
+                              self.compute_dtype, math.hypot(self.smoothing, sigma))
+
+    def __repr__(self) -> str:
+        return (f"MixtureSummary(dim={self.dim}, n_components={self.n_components}, rank={self.rank}, "
+                f"smoothing={self.smoothing:.3g}, teacher_gap={self.teacher_gap:.3g})")
