@@ -145,17 +145,27 @@ class DiScoFormer(Estimator):
         :class:`~disco_score.summary.MixtureSummary` instead (a plain Oracle). Raises ValueError if the samples are invalid, have no spread or are rank-deficient.
         """
         x = as_samples(samples)
+        summary = self.config.summary
+        if summary is None:
+            return self._fit_network(x)
+        # the teacher sees at most teacher_samples of a large set (its encoder is quadratic in n);
+        # the summary's EM sees them all
+        teacher_set = x if x.shape[0] <= summary.teacher_samples else \
+            x[torch.linspace(0, x.shape[0] - 1, summary.teacher_samples, device=x.device).round().long()]
+        return self._summarize(self._fit_network(teacher_set), x)
+
+    def _fit_network(self, x: torch.Tensor) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
+        """Steps 1-5 on validated samples (n, d): the network fit, or the mixture of its parts."""
         whitening = Whitening.from_samples(x)  # validates the whole set before any cutting
         parts = self.components(x, whitening)
         nets = [self.serving_network(part) for part in parts]
         bags = [self._bags(part, net) for part, net in zip(parts, nets)]
         if len(parts) == 1:
-            return self._summarize(self._fit_part(x, bags[0], nets[0], whitening), x)
+            return self._fit_part(x, bags[0], nets[0], whitening)
         fits = [self._fit_part(part, part_bags, net) for part, part_bags, net in zip(parts, bags, nets)]
         log_weights = self._log_weights(parts, bags, nets)
         scale = _envelope_scale(x)
-        return self._summarize(
-            DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale), x)
+        return DiScoFormerMixture(self, x, fits, log_weights, self._envelopes(parts, fits, scale), scale)
 
     def components(self, samples: torch.Tensor, whitening: Whitening | None = None) -> list[torch.Tensor]:
         """Step 1: the sample set (n, d) cut into the components ``fit`` models separately
@@ -250,10 +260,11 @@ class DiScoFormer(Estimator):
         return GaussianEnvelopes.from_parts([part / scale for part in parts],
                                             [functools.partial(_log_density_scaled, fit, scale) for fit in fits])
 
-    def _summarize(self, fit: Oracle, samples: torch.Tensor) -> Oracle:
-        """Step 6: the fit distilled into a fixed-size mixture where ``config.summary`` asks for it
-        (:func:`~disco_score.summary.distil`), else the fit itself."""
-        return fit if self.config.summary is None else distil(fit, samples, self.config.summary)
+    def _summarize(self, fit: Oracle, samples: torch.Tensor) -> MixtureSummary:
+        """Step 6: the fit distilled into a fixed-size mixture (:func:`~disco_score.summary.distil`,
+        with ``config.summary``), built from all of ``samples``."""
+        assert self.config.summary is not None
+        return distil(fit, samples, self.config.summary)
 
     def net_for(self, n: int, d: int) -> DensityNet:
         """The candidate network for ``n`` samples in ``d`` dimensions: a specialist where one serves

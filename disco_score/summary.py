@@ -43,7 +43,8 @@ class SummaryConfig:
 
     Attributes:
         components: at most this many mixture components; fewer where the set is small, so that each
-            has at least ``max(16, 2 d)`` samples to start from.
+            has at least ``max(16, 2 d)`` samples to start from; a quarter and a sixteenth of that
+            are tried too, and the size with the lowest held-out gap to the teacher kept.
         rank: rank of each component's covariance beyond its isotropic part (capped at ``d``).
         em_steps: EM steps from the k-means start (on at most ``em_points`` samples).
         em_points: samples used for k-means and EM.
@@ -56,6 +57,9 @@ class SummaryConfig:
         jitter: the jittered copies' noise, in multiples of each point's component's isotropic scale.
         held_out: samples kept out of the fit (at most a quarter of them): the teacher's scores there
             pick the distillation step to keep and give :attr:`MixtureSummary.teacher_gap`.
+        teacher_samples: where :meth:`DiScoFormer.fit <disco_score.discoformer.DiScoFormer.fit>`
+            builds the summary, the network it distils is fitted on at most this many of the samples
+            (evenly spaced in their order; its encoder's cost is quadratic in n); EM sees them all.
         seed: seeds the k-means start, the subsets and the jitter (the summary is a deterministic
             function of the samples, the teacher and the seed).
     """
@@ -65,16 +69,17 @@ class SummaryConfig:
     em_steps: int = 8
     em_points: int = 4096
     points: int = 1024
-    steps: int = 200
-    batch: int = 1024
+    steps: int = 150
+    batch: int = 512
     lr: float = 0.05
     log_density_weight: float = 0.05
     jitter: tuple[float, ...] = (0.5, 1.5)
     held_out: int = 256
+    teacher_samples: int = 8192
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("components", "rank", "em_points", "points", "batch", "held_out"):
+        for name in ("components", "rank", "em_points", "points", "batch", "held_out", "teacher_samples"):
             check_int(getattr(self, name), name)
         check_int(self.em_steps, "em_steps", minimum=0)
         check_int(self.steps, "steps", minimum=0)
@@ -117,7 +122,8 @@ def _em(z: torch.Tensor, k: int, steps: int, gen: torch.Generator
         resp, counts = resp[:, keep], counts[keep]
         means = resp.T @ z / counts[:, None]
         diff = z[:, None] - means[None]  # (n, K, d)
-        cov = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / counts[:, None, None]
+        weighted = (resp.T[:, :, None] * diff.transpose(0, 1))  # (K, n, d)
+        cov = weighted.transpose(1, 2) @ diff.transpose(0, 1) / counts[:, None, None]
         # a small component shrunk toward its mean variance (2 d pseudo-samples against at least
         # d^2 of its own: a well-populated thin component keeps its thin directions)
         tau = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
@@ -127,8 +133,8 @@ def _em(z: torch.Tensor, k: int, steps: int, gen: torch.Generator
         if step == steps:
             return counts, means, cov
         chol = torch.linalg.cholesky(cov)
-        sol = torch.linalg.solve_triangular(chol[:, None], diff.transpose(0, 1)[..., None], upper=False)[..., 0]
-        logits = (torch.log(counts / n) - 0.5 * (sol * sol).sum(-1).T
+        sol = torch.linalg.solve_triangular(chol, diff.permute(1, 2, 0), upper=False)  # (K, d, n)
+        logits = (torch.log(counts / n) - 0.5 * (sol * sol).sum(1).T
                   - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
         resp = torch.softmax(logits, 1)
     raise AssertionError("unreachable")
@@ -137,24 +143,25 @@ def _em(z: torch.Tensor, k: int, steps: int, gen: torch.Generator
 def _mixture_terms(y: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor, factors: torch.Tensor,
                    diag: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-density (m,), score (m, d) or None, and the per-component log-terms (m, K) of the mixture
-    of ``N(means_k, diag(diag_k) + factors_k factors_k^T)`` at ``y`` (m, d); diag (K, d) or (K, 1)."""
+    of ``N(means_k, diag(diag_k) + factors_k factors_k^T)`` at ``y`` (m, d); diag (K, d) or (K, 1).
+    Component-major throughout (batched matrix products over K, no permuted copies)."""
     d, r = y.shape[1], factors.shape[-1]
-    delta = y[:, None, :] - means[None]  # (m, K, d)
-    delta_d = delta / diag[None]
+    delta = y[None] - means[:, None]  # (K, m, d)
+    delta_d = delta / diag[:, None, :]
     scaled = factors / diag[:, :, None]  # D^-1 V
     inner = torch.eye(r, dtype=y.dtype, device=y.device) + factors.transpose(1, 2) @ scaled  # I + V^T D^-1 V
     chol = torch.linalg.cholesky(inner)
-    proj = torch.einsum("mkd,kdr->mkr", delta, scaled)  # V^T D^-1 delta
-    solved = torch.cholesky_solve(proj.permute(1, 2, 0), chol).permute(2, 0, 1)
-    quad = (delta * delta_d).sum(-1) - (proj * solved).sum(-1)
+    proj = delta @ scaled  # (K, m, r): V^T D^-1 delta
+    solved = torch.cholesky_solve(proj.transpose(1, 2), chol).transpose(1, 2)
+    quad = (delta * delta_d).sum(-1) - (proj * solved).sum(-1)  # (K, m)
     log_det = torch.log(diag).expand(-1, d).sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    terms = log_weights - 0.5 * quad - 0.5 * log_det - 0.5 * d * math.log(2 * math.pi)
-    log_p = torch.logsumexp(terms, 1)
+    terms = (log_weights - 0.5 * log_det - 0.5 * d * math.log(2 * math.pi))[:, None] - 0.5 * quad
+    log_p = torch.logsumexp(terms, 0)
     if not want_score:
-        return log_p, None, terms
-    prec_delta = delta_d - torch.einsum("mkr,kdr->mkd", solved, scaled)  # C^-1 delta (Woodbury)
-    score = -(torch.softmax(terms, 1)[..., None] * prec_delta).sum(1)
-    return log_p, score, terms
+        return log_p, None, terms.T
+    prec_delta = delta_d - solved @ scaled.transpose(1, 2)  # C^-1 delta (Woodbury)
+    score = -(torch.softmax(terms, 0)[..., None] * prec_delta).sum(0)
+    return log_p, score, terms.T
 
 
 class _Distilled(torch.nn.Module):
@@ -207,20 +214,103 @@ class _Distilled(torch.nn.Module):
         return _mixture_terms(z, *self.parts(), want_score=want_score)
 
 
+@dataclass
+class _Targets:
+    """The teacher's answers the mixture is fitted to, in float32: scores in the data's coordinates
+    (the benchmark's metric, and the one a sampler moves in — whitened ones would weight an
+    anisotropic set's errors quite differently) at whitened points, log-densities on the first
+    ``n_samples`` of them (off the samples the gaps run to hundreds of nats), and held-out samples."""
+
+    points: torch.Tensor
+    score: torch.Tensor
+    log_p: torch.Tensor
+    n_samples: int
+    held: torch.Tensor
+    held_score: torch.Tensor
+    to_data: torch.Tensor
+
+
+def _teacher_targets(teacher: Oracle, z: torch.Tensor, whitening: Whitening, start: "_Distilled",
+                     config: SummaryConfig, gen: torch.Generator) -> _Targets:
+    n = z.shape[0]
+    order = torch.randperm(n, generator=gen).to(z.device)
+    n_held = max(1, min(config.held_out, n // 4))
+    base, held = z[order[n_held:n_held + min(n - n_held, config.points)]], z[order[:n_held]]
+    with torch.no_grad():  # jitter on each point's own component's scale
+        _, _, terms = _chunked(start, base.float(), want_score=False)
+        scale = torch.exp(start.log_s0)[terms.argmax(1)][:, None]
+    noise = torch.randn((len(config.jitter),) + tuple(base.shape), generator=gen, dtype=z.dtype).to(z.device)
+    pts = torch.cat([base] + [base + c * scale * e for c, e in zip(config.jitter, noise)] + [held])
+    log_p, score = teacher.log_density_and_score(whitening.backward(pts).to(teacher.compute_dtype))
+    if not (torch.isfinite(score).all() and torch.isfinite(log_p).all()):
+        raise ValueError("the teacher returned non-finite scores or log-densities at the samples; "
+                         "it cannot be distilled")
+    f32 = torch.float32
+    log_p = (log_p.to(torch.float64) - whitening.log_det).to(f32)
+    return _Targets(pts[:-n_held].to(f32), score[:-n_held].to(f32), log_p[:base.shape[0]], base.shape[0],
+                    held.to(f32), score[-n_held:].to(f32), whitening.matrix.to(f32))
+
+
+def _held_gap(model: "_Distilled", targets: _Targets) -> float:
+    """Relative score MSE between the mixture and the teacher at the held-out samples."""
+    with torch.no_grad():
+        _, score, _ = _chunked(model, targets.held, want_score=True)
+        truth = targets.held_score
+        return float(((score @ targets.to_data - truth) ** 2).sum() / (truth ** 2).sum().clamp_min(1e-30))
+
+
+def _distil_candidate(model: "_Distilled", targets: _Targets, config: SummaryConfig, gen: torch.Generator
+                      ) -> tuple["_Distilled", float]:
+    """Adam on the relative score error and the log-density gap, keeping the state with the lowest
+    held-out gap (the EM start included): fitted too long, the mixture bends to the fitted points
+    (docs/experiments.md, "Distilling the network into a fixed-size mixture")."""
+    pts, device = targets.points, targets.points.device
+    norm = (targets.score ** 2).sum(-1).mean().clamp_min(1e-30)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.steps))
+    batch = min(config.batch, pts.shape[0])
+    best_gap, best_state = _held_gap(model, targets), copy.deepcopy(model.state_dict())
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(pts.shape[0], (batch,), generator=gen).to(device)
+        log_p, score, _ = model(pts[idx])
+        loss = ((score @ targets.to_data - targets.score[idx]) ** 2).sum(-1).mean() / norm
+        on_samples = idx < targets.n_samples
+        if config.log_density_weight > 0 and int(on_samples.sum()) > 1:
+            loss = loss + config.log_density_weight * (log_p[on_samples] - targets.log_p[idx[on_samples]]).var()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if step % EVAL_EVERY == 0 or step == config.steps:
+            gap = _held_gap(model, targets)
+            if gap < best_gap:
+                best_gap, best_state = gap, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return model, best_gap
+
+
+def component_counts(n: int, d: int, config: SummaryConfig) -> list[int]:
+    """The mixture sizes :func:`distil` tries: at most ``config.components``, and at most one per
+    ``max(16, 2 d)`` samples; then a quarter and a sixteenth of that (at least 1)."""
+    top = max(1, min(config.components, n // max(16, 2 * d)))
+    return sorted({max(1, top // 16), max(1, top // 4), top}, reverse=True)
+
+
 def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = None) -> "MixtureSummary":
     """A :class:`MixtureSummary` of ``teacher`` (any fitted oracle, usually a DiScoFormer fit on
     ``samples``), built from ``samples`` (n, d) and the teacher's answers near them.
 
-    Steps: whiten the samples; EM from k-means (``config.components`` at most); query the teacher
-    at ``config.points`` samples and at two jittered copies of each (on the scale of its own
-    component); fit the mixture to the teacher's scores and log-densities there by Adam; measure
-    the summary's held-out gap to the teacher (relative score MSE on an eighth of the points kept
-    out of the fit, :attr:`MixtureSummary.teacher_gap`).
+    Steps: whiten the samples; for each size of :func:`component_counts`, EM from k-means; query
+    the teacher at ``config.points`` samples, at jittered copies of each (on the scale of its own
+    component) and at ``config.held_out`` held-out samples; fit each mixture to the teacher's
+    scores and log-densities by Adam; keep the size and step with the lowest held-out gap to the
+    teacher (relative score MSE, :attr:`MixtureSummary.teacher_gap`). No labels: over-split
+    components show as curvature the teacher does not have, too few as missing structure.
 
     Raises:
         TypeError: if ``teacher`` is not an Oracle, or ``config`` not a SummaryConfig.
-        ValueError: for invalid samples (as in ``fit``), or samples of another dimension than the
-            teacher's.
+        ValueError: for invalid samples (as in ``fit``), samples of another dimension than the
+            teacher's, or a teacher answering NaN or infinity at them.
     """
     if not isinstance(teacher, Oracle):
         raise TypeError(f"teacher must be a fitted Oracle, got {type(teacher).__name__}")
@@ -235,73 +325,26 @@ def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = N
     z = whitening.forward(x.to(torch.float64))
     n, d = z.shape
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    em_order = torch.randperm(n, generator=gen).to(device)
 
-    # -- step 1: EM from k-means on a subset ---------------------------------------------------
-    k = max(1, min(config.components, n // max(16, 2 * d)))
-    em_n = min(n, config.em_points, max(k, _CHUNK_ENTRIES * 4 // (k * d)))
-    em_set = z[torch.randperm(n, generator=gen)[:em_n].to(device)]
-    counts, means, cov = _em(em_set, k, config.em_steps, gen)
-    model = _Distilled(counts * (n / em_n), means, cov, n, config.rank)
+    def em_start(k: int) -> _Distilled:
+        em_n = min(n, config.em_points, max(k, _CHUNK_ENTRIES * 4 // (k * d)))
+        counts, means, cov = _em(z[em_order[:em_n]], k, config.em_steps, gen)
+        return _Distilled(counts * (n / em_n), means, cov, n, config.rank).float()
 
-    # -- step 2: the teacher's answers at samples, jittered copies and held-out samples --------
-    order = torch.randperm(n, generator=gen).to(device)
-    n_held = max(1, min(config.held_out, n // 4))
-    base, held = z[order[n_held:n_held + min(n - n_held, config.points)]], z[order[:n_held]]
+    sizes = component_counts(n, d, config)
+    starts = [em_start(k) for k in sizes]
+    targets = _teacher_targets(teacher, z, whitening, starts[0], config, gen)
+    fits = [_distil_candidate(start, targets, config, gen) for start in starts]
+    model, gap = min(fits, key=lambda fit: fit[1])
     with torch.no_grad():
-        _, _, terms = _chunked(model, base, want_score=False)
-        scale = torch.exp(model.log_s0)[terms.argmax(1)][:, None]
-    noise = torch.randn((len(config.jitter),) + tuple(base.shape), generator=gen, dtype=z.dtype).to(device)
-    pts = torch.cat([base] + [base + c * scale * e for c, e in zip(config.jitter, noise)] + [held])
-    teacher_log_p, teacher_score = teacher.log_density_and_score(whitening.backward(pts).to(teacher.compute_dtype))
-    # scores are compared in the data's coordinates (the benchmark's metric, and the one a sampler
-    # moves in): in whitened ones, an anisotropic set's errors would be weighted quite differently
-    to_data = whitening.matrix
-    target_score = teacher_score.to(torch.float64)
-    target_log_p = teacher_log_p.to(torch.float64) - whitening.log_det
-    if not (torch.isfinite(target_score).all() and torch.isfinite(target_log_p).all()):
-        raise ValueError("the teacher returned non-finite scores or log-densities at the samples; "
-                         "it cannot be distilled")
-    pts, held_score = pts[:-n_held], target_score[-n_held:]
-    target_score, target_log_p = target_score[:-n_held], target_log_p[:-n_held]
-    norm = (target_score ** 2).sum(-1).mean().clamp_min(1e-300)
-
-    def held_gap() -> float:
-        with torch.no_grad():
-            _, score, _ = _chunked(model, held, want_score=True)
-        return float(((score @ to_data - held_score) ** 2).sum() / (held_score ** 2).sum().clamp_min(1e-300))
-
-    # -- step 3: Adam on the relative score error and the log-density gap, keeping the state --
-    # -- with the lowest held-out gap (the EM start included): fitted too long, the mixture  --
-    # -- bends to the fitted points (docs/experiments.md, "Distilling the network ...")       --
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.steps))
-    batch = min(config.batch, pts.shape[0])
-    best_gap, best_state = held_gap(), copy.deepcopy(model.state_dict())
-    for step in range(1, config.steps + 1):
-        idx = torch.randint(pts.shape[0], (batch,), generator=gen).to(device)
-        log_p, score, _ = model(pts[idx])
-        loss = ((score @ to_data - target_score[idx]) ** 2).sum(-1).mean() / norm
-        on_samples = idx < base.shape[0]  # log-density gaps off the samples run to hundreds of nats
-        if config.log_density_weight > 0 and int(on_samples.sum()) > 1:
-            loss = loss + config.log_density_weight * (log_p - target_log_p[idx])[on_samples].var()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if step % EVAL_EVERY == 0 or step == config.steps:
-            gap = held_gap()
-            logger.debug("step %d held-out gap %.4g loss %.4g", step, gap, float(loss.detach()))
-            if gap < best_gap:
-                best_gap, best_state = gap, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    with torch.no_grad():
-        log_weights, means_z, factors, iso = model.parts()
-    logger.debug("distilled %d components (rank %d) from %d samples in d = %d; held-out gap to the "
-                 "teacher %.3g", k, factors.shape[-1], n, d, best_gap)
-    return MixtureSummary(whitening, log_weights, means_z, factors, iso.squeeze(1), best_gap, out_dtype)
+        log_weights, means_z, factors, iso = (t.to(torch.float64) for t in model.parts())
+    logger.debug("distilled %d components (rank %d; sizes tried %s, held-out gaps %s) from %d samples "
+                 "in d = %d", means_z.shape[0], factors.shape[-1], sizes, [f"{g:.3g}" for _, g in fits], n, d)
+    return MixtureSummary(whitening, log_weights, means_z, factors, iso.squeeze(1), gap, out_dtype)
 
 
-def _chunked(model: _Distilled, z: torch.Tensor, want_score: bool
+def _chunked(model: "_Distilled", z: torch.Tensor, want_score: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     parts = model.parts()
     step = max(1, _CHUNK_ENTRIES // (parts[1].numel()))

@@ -27,6 +27,7 @@ import torch
 from . import suites as _suites  # noqa: F401  (registers the six GMM-prior suites)
 from . import step_speed as _step_speed  # noqa: F401  (registers the sampler-step speed suite)
 from . import wild as _wild  # noqa: F401  (registers the wild suite)
+from . import summary_suite as _summary_suite  # noqa: F401  (registers the distilled-summary suite)
 from .cells import Options
 from .problems import _jsonable, run_metadata
 from .registry import RUNNERS, SUITE_ROWS, SUITES

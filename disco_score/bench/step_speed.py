@@ -38,7 +38,10 @@ STEP_SIZES = (1024, 8192, 65536)
 #: particles per sampler step
 STEP_QUERIES = 1000
 STEP_REPEATS = 3
-STEP_ROWS = {"discoformer": "DiScoFormer", "kde": "KDE (Scott's rule, this package)"}
+STEP_ROWS = {"discoformer": "DiScoFormer", "kde": "KDE (Scott's rule, this package)",
+             "discoformer-summary": "DiScoFormer summary (distilled mixture)"}
+#: the rows ``bench step`` runs by default (the summary's speed is the ``summary`` suite's)
+STEP_DEFAULTS = ["discoformer", "kde"]
 #: whole generation runs: (method, toy set, n data, particles)
 SAMPLER_RUNS = (("annealed Langevin", "two moons", 2000, 1000), ("DDIM (diffusers)", "two moons", 2000, 1000))
 
@@ -53,6 +56,10 @@ def step_configs(quick: bool) -> list[tuple[int, int]]:
 def _estimator(key: str) -> Any:
     if key == "discoformer":
         return Context().discoformer()  # loading the weights is not part of fit
+    if key == "discoformer-summary":
+        from ..discoformer import DiScoFormer
+
+        return DiScoFormer.pretrained(summary=True)
     if key == "kde":
         from ..kde import KDE
 
@@ -292,4 +299,4 @@ def plot_step(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
 
 
 register_suite("step", run_step, render_step, "Sampler-step speed: the score oracle in the sampler's inner loop",
-               plot_step, rows=STEP_ROWS, defaults=list(STEP_ROWS))
+               plot_step, rows=STEP_ROWS, defaults=STEP_DEFAULTS)

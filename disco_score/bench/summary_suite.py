@@ -1,0 +1,212 @@
+"""The distilled-summary suite (``bench summary``): what the sampler's fast path costs in accuracy,
+and what it saves in time (:mod:`disco_score.summary`, ``DiScoFormer.pretrained(summary=True)``).
+
+* ``summary <wild cell>``: W1 (held-out log-likelihood, n = 2000), W2 (relative score MSE,
+  n = 2048, two members per family and d) and W3 (n = 2048) problems of the wild suite, with the
+  network and its distilled summary on the same samples; the summary's fit seconds include the
+  network fit it distils.
+* ``summary step d=<d> n=<n>``: the step suite's measurement (fit, then the score at 1000 fresh
+  queries, one child process per row) for the summary and the package's KDE, over the step grid.
+* ``summary sampler <method> ...``: the step suite's whole generation runs with the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .cells import Options, _log_cell, _logged_cells, timed_rows
+from .problems import _error_text, derive_seed
+from .registry import register_suite
+from .rows import Context
+from .step_speed import SAMPLER_RUNS, STEP_QUERIES, STEP_ROWS, _run_child, step_configs
+from .wild import WILD_ROWS, WildCell, _aggregate, _families, evaluate_row
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_ROWS = {"discoformer": "DiScoFormer", "discoformer-summary": "DiScoFormer summary"}
+SPEED_ROWS = ("discoformer-summary", "kde")
+
+
+def accuracy_cells(quick: bool) -> list[WildCell]:
+    """The wild problems the summary is compared on (``quick``: one W1 set and one W2 cell)."""
+    from .posteriors import POSTERIORS, get_posterior
+    from .toys import TOY_SETS
+
+    if quick:
+        return [WildCell("W1", list(TOY_SETS)[0], 500), WildCell("W2", "banana d=2", 512, 1, 2)]
+    cells = [WildCell("W1", t, 2000) for t in TOY_SETS]
+    for family, (dims, _) in _families().items():
+        cells += [WildCell("W2", f"{family} d={d}", 2048, 2, d) for d in dims]
+    return cells + [WildCell("W3", p, 2048, d=get_posterior(p).dim) for p in POSTERIORS]
+
+
+def _accuracy(opts: Options, ctx: Context, done: dict[str, Any]) -> list[dict[str, Any]]:
+    results = []
+    cells = [c for c in accuracy_cells(opts.quick) if opts.selected(f"summary {c.label}")]
+    for cell in tqdm(cells, desc="summary", disable=not opts.progress, leave=False):
+        label = f"summary {cell.label}"
+        if label in done:
+            results.append(done[label])
+            continue
+        try:
+            problems = cell.problems(opts.seed)
+        except Exception as exc:
+            results.append({"cell": label, "status": "failed", "error": _error_text(exc), "rows": {}})
+            continue
+        per_row: dict[str, list[dict[str, Any]]] = {key: [] for key in SUMMARY_ROWS}
+        for problem in problems:
+            for key in SUMMARY_ROWS:  # the network first: the summary distils its cached fit
+                per_row[key].append(evaluate_row(key, problem, ctx, opts.quick))
+        results.append({"cell": label, "protocol": cell.protocol, "name": cell.name, "n": cell.n,
+                        "d": problems[0].dim, "targets": len(problems), "status": "ok",
+                        "rows": {key: {"label": WILD_ROWS[key], **_aggregate(per_row[key])} for key in SUMMARY_ROWS}})
+        logger.info("%s: %s", label, "; ".join(
+            f"{r['label']} " + (", ".join(f"{v:.4g}" for k, v in r["values"].items() if "seconds" not in k)
+                                if r["status"] == "ok" else r["status"]) for r in results[-1]["rows"].values()))
+        _log_cell(opts, "summary", list(SUMMARY_ROWS), results[-1])
+    return results
+
+
+def _speed(opts: Options, done: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+    gave_up: dict[tuple[str, int], str] = {}
+    cells = []
+    for d, n in step_configs(opts.quick):
+        label = f"summary step d={d} n={n}"
+        if not opts.selected(label):
+            continue
+        if label in done:
+            cells.append(done[label])
+            continue
+        entries = timed_rows(SPEED_ROWS, d, n, gave_up, lambda key: _run_child(
+            {"estimator": key, "d": d, "n": n, "device": opts.device,
+             "seed": derive_seed(opts.seed, "step", d, n)}, timeout))
+        rows = {key: {"label": STEP_ROWS[key], "status": e["status"], "error": e.get("error"),
+                      "values": {k: e[k] for k in ("fit_seconds", "step_seconds", "peak_rss_mb") if k in e}}
+                for key, e in entries.items()}
+        cells.append({"cell": label, "d": d, "n": n, "rows": rows})
+        _log_cell(opts, "summary", list(SUMMARY_ROWS), cells[-1])
+        logger.info("%s: %s", label, "; ".join(
+            f"{r['label']} fit {r['values']['fit_seconds']:.3g} s step {r['values']['step_seconds']:.3g} s"
+            if r["status"] == "ok" else f"{r['label']} {r['status']}" for r in rows.values()))
+    runs = [(*SAMPLER_RUNS[0][:2], 300, 100)] if opts.quick else list(SAMPLER_RUNS)
+    for method, name, n, particles in runs:
+        label = f"summary sampler {method} {name} n={n}"
+        if not opts.selected(label):
+            continue
+        if label in done:
+            cells.append(done[label])
+            continue
+        rows = {}
+        for key in SPEED_ROWS:
+            entry = _run_child({"kind": "sampler", "estimator": key, "method": method, "set": name, "n": n,
+                                "particles": particles, "steps": 2 if opts.quick else None, "device": opts.device,
+                                "seed": derive_seed(opts.seed, "step-sampler", name)}, timeout * 3)
+            rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
+                         "values": {k: entry[k] for k in ("seconds",) if k in entry}}
+        cells.append({"cell": label, "method": method, "name": name, "n": n, "particles": particles, "rows": rows})
+        _log_cell(opts, "summary", list(SUMMARY_ROWS), cells[-1])
+    return cells
+
+
+def run_summary(opts: Options, ctx: Context) -> dict[str, Any]:
+    """The accuracy cells, then the step grid and the whole runs (see the module docstring)."""
+    timeout = opts.timeout if opts.timeout is not None else (120.0 if opts.quick else 300.0)
+    done = _logged_cells(opts, "summary", list(SUMMARY_ROWS))
+    return {"cells": _accuracy(opts, ctx, done) + _speed(opts, done, timeout), "queries": STEP_QUERIES,
+            "timeout_seconds": timeout, "device": opts.device}
+
+
+def _ok(row: dict[str, Any] | None, field: str) -> float | None:
+    return row["values"].get(field) if row is not None and row.get("status") == "ok" else None
+
+
+def _fmt(value: float | None, figure: str) -> str:
+    if value is None:
+        return "—"
+    if figure == "relative_score_mse":
+        return f"{100 * value:.3g} %"
+    if figure == "heldout_loglik":
+        return f"{value:.3f}"
+    return f"{value:.3g} s"
+
+
+def _row_text(row: dict[str, Any] | None, field: str) -> str:
+    if row is None:
+        return "—"
+    return _fmt(_ok(row, field), field) if row.get("status") == "ok" else f"**{row.get('status')}**"
+
+
+def render_summary(result: dict[str, Any]) -> list[str]:
+    """Markdown: the accuracy table (network against summary), the step grid, the whole runs."""
+    cells = result.get("cells", [])
+    acc = [c for c in cells if "protocol" in c]
+    steps = [c for c in cells if "d" in c and "protocol" not in c]
+    runs = [c for c in cells if "method" in c]
+    lines = ["The network against its distilled summary on the same samples (W1: held-out log-likelihood, "
+             "nats per point, higher is better; W2/W3: relative score MSE). Fit seconds of the summary "
+             "include the network fit it distils.", "",
+             "| data | DiScoFormer | summary | summary − network | network fit | summary fit |",
+             "|---|---|---|---|---|---|"]
+    for c in acc:
+        ours, fast = c["rows"].get("discoformer"), c["rows"].get("discoformer-summary")
+        figure = "heldout_loglik" if c.get("protocol") == "W1" else "relative_score_mse"
+        a, b = _ok(ours, figure), _ok(fast, figure)
+        change = "—" if a is None or b is None else (f"{b - a:+.3f} nats" if figure == "heldout_loglik"
+                                                      else f"{b / a:.2f}×")
+        name = c["name"] if c.get("protocol") == "W2" else f"{c['name']} d={c.get('d', '')}"
+        lines.append(f"| {c.get('protocol')} {name} n={c['n']} | {_row_text(ours, figure)} | {_row_text(fast, figure)} "
+                     f"| {change} | {_row_text(ours, 'fit_seconds')} | {_row_text(fast, 'fit_seconds')} |")
+    if steps:
+        lines += ["", f"Fit on n samples, then the score at m = {result.get('queries')} fresh queries (as in the "
+                  f"step suite: median of 3 calls, one child process per row, time-out "
+                  f"{result.get('timeout_seconds'):g} s); ×: the summary's time over the package's KDE's.", "",
+                  "| d | n | summary fit | KDE fit | summary step | KDE step | step × |", "|---|---|---|---|---|---|---|"]
+        for c in steps:
+            fast, base = c["rows"].get("discoformer-summary"), c["rows"].get("kde")
+            a, b = _ok(fast, "step_seconds"), _ok(base, "step_seconds")
+            ratio = "—" if a is None or not b else f"{a / b:.2f}×"
+            lines.append(f"| {c['d']} | {c['n']} | {_row_text(fast, 'fit_seconds')} | {_row_text(base, 'fit_seconds')} "
+                         f"| {_row_text(fast, 'step_seconds')} | {_row_text(base, 'step_seconds')} | {ratio} |")
+    if runs:
+        lines += ["", "Whole generation runs (the sampler's default steps; the summary's time includes its fit):", "",
+                  "| run | particles | summary | KDE | × |", "|---|---|---|---|---|"]
+        for c in runs:
+            fast, base = c["rows"].get("discoformer-summary"), c["rows"].get("kde")
+            a, b = _ok(fast, "seconds"), _ok(base, "seconds")
+            ratio = "—" if a is None or not b else f"{a / b:.2f}×"
+            lines.append(f"| {c['method']}, {c['name']} n = {c['n']} | {c['particles']} | "
+                         f"{_row_text(fast, 'seconds')} | {_row_text(base, 'seconds')} | {ratio} |")
+    errors = [f"{c['cell']} {r['label']}: {r['status']} ({r.get('error')})" for c in cells
+              for r in c.get("rows", {}).values() if r.get("status") not in ("ok", "n/a")]
+    if errors:
+        lines += ["", "Rows not measured: " + "; ".join(errors[:20]) + ("; …" if len(errors) > 20 else "")]
+    return lines + [""]
+
+
+def plot_summary(result: dict[str, Any], image_dir: Path, plt: Any) -> list[Path]:
+    """Step time against n per d: the summary (solid) and the package's KDE (dashed)."""
+    steps = [c for c in result.get("cells", []) if "d" in c and "protocol" not in c]
+    if not steps:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, d in enumerate(sorted({c["d"] for c in steps})):
+        for key, style in (("discoformer-summary", "-"), ("kde", "--")):
+            ok = [c for c in steps if c["d"] == d and _ok(c["rows"].get(key), "step_seconds") is not None]
+            if ok:
+                ax.loglog([c["n"] for c in ok], [c["rows"][key]["values"]["step_seconds"] for c in ok], style,
+                          marker="o", color=f"C{i % 10}", label=f"d = {d}" if key == "kde" else None)
+    ax.set(xlabel="n (fitted samples)", ylabel=f"score at m = {result.get('queries')} [s]",
+           title="one sampler step (solid: summary, dashed: KDE)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = image_dir / "bench_summary.png"
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
+register_suite("summary", run_summary, render_summary, "The distilled summary: the sampler's fast path",
+               plot_summary, rows=SUMMARY_ROWS, defaults=list(SUMMARY_ROWS))
