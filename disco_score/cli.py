@@ -55,7 +55,7 @@ from .samplers import ChainDiverged
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("discoformer", "kde", "sdkde")
+ESTIMATORS = ("discoformer", "discoformer-summary", "kde", "sdkde")
 BANDWIDTH_RULES = ("scott", "silverman", "score", "cv", "sd")
 SAMPLE_METHODS = ("annealed", "langevin", "mala", "ddim", "ddpm", "euler")
 POINT_FORMATS = (".npy", ".csv")
@@ -259,11 +259,12 @@ def _seed(text: str) -> int:
 
 def make_estimator(name: str, bandwidth: str | float | None = None, kernel: str = "full",
                    weights_dir: str | None = None) -> Estimator:
-    """The estimator a command asked for: ``discoformer`` (pretrained), ``kde`` or ``sdkde``."""
-    if name == "discoformer":
+    """The estimator a command asked for: ``discoformer`` (pretrained), ``discoformer-summary`` (its fit
+    distilled into a fixed-size mixture), ``kde`` or ``sdkde``."""
+    if name in ("discoformer", "discoformer-summary"):
         if bandwidth is not None:
-            raise UsageError("--bandwidth applies to --estimator kde or sdkde, not discoformer")
-        return load_discoformer(weights_dir)
+            raise UsageError(f"--bandwidth applies to --estimator kde or sdkde, not {name}")
+        return load_discoformer(weights_dir, summary=name == "discoformer-summary")
     from .kde import KDE, SDKDE
 
     if name == "kde":
@@ -273,12 +274,13 @@ def make_estimator(name: str, bandwidth: str | float | None = None, kernel: str 
     raise UsageError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
 
 
-def load_discoformer(weights_dir: str | None = None) -> Estimator:
-    """The pretrained DiScoFormer; a checksum mismatch becomes a one-line user error."""
+def load_discoformer(weights_dir: str | None = None, summary: bool = False) -> Estimator:
+    """The pretrained DiScoFormer (distilling each fit into a summary if ``summary``); a checksum
+    mismatch becomes a one-line user error."""
     from .discoformer import DiScoFormer
 
     try:
-        return DiScoFormer.pretrained(weights_dir)
+        return DiScoFormer.pretrained(weights_dir, summary=summary)
     except RuntimeError as exc:  # the weights file does not match its recorded sha256
         raise UsageError(str(exc)) from exc
 
@@ -556,21 +558,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     estimators: dict[str, Estimator] = {"DiScoFormer": load_discoformer(args.weights_dir),
                                         "KDE (Scott)": KDE("scott")}
     oracles = {name: est.fit(data) for name, est in estimators.items()}
+    if args.sampler == "summary":  # the network distilled into a mixture: one fit for every noise level
+        from .summary import distil
+
+        oracles = {"DiScoFormer": oracles["DiScoFormer"], "DiScoFormer summary": distil(oracles["DiScoFormer"], data),
+                   "KDE (Scott)": oracles["KDE (Scott)"]}
     print(f"data set '{args.dataset}': n = {args.n} two-dimensional samples (seed {args.seed})")
     results: dict[str, dict[str, float]] = {}
     if target is not None:
         queries = target.sample(1024, torch.Generator().manual_seed(args.seed + 1)).numpy()
         true_log_p, true_score = target.log_density_and_score(queries)
         print("error against the exact density at 1024 fresh draws from the truth:")
-        print(f"  {'estimator':14s} {'rel. score MSE':>15s} {'log-density MSE':>16s}")
+        print(f"  {'estimator':20s} {'rel. score MSE':>15s} {'log-density MSE':>16s}")
         for name, oracle in oracles.items():
             log_p, score = oracle.log_density_and_score(queries)
             results[name] = {"relative_score_mse": metrics.relative_score_mse(score, true_score),
                              "log_density_mse": metrics.log_density_mse(log_p, true_log_p)}
-            print(f"  {name:14s} {results[name]['relative_score_mse']:15.4f} {results[name]['log_density_mse']:16.4f}")
+            print(f"  {name:20s} {results[name]['relative_score_mse']:15.4f} {results[name]['log_density_mse']:16.4f}")
     else:
         print("(no closed-form truth for this data set: errors not reported)")
-    sampler_name = "DiScoFormer" if args.sampler == "discoformer" else "KDE (Scott)"
+    sampler_name = {"summary": "DiScoFormer summary", "discoformer": "DiScoFormer", "kde": "KDE (Scott)"}[args.sampler]
     generated, info = samplers.annealed_langevin(oracles[sampler_name], data, args.n_samples,
                                                  steps_per_level=args.steps,
                                                  generator=torch.Generator().manual_seed(args.seed + 2),
@@ -639,8 +646,9 @@ def _plot_demo(path: Path, data: np.ndarray, target: Oracle | None, oracles: dic
 def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("estimator")
     group.add_argument("--estimator", choices=ESTIMATORS, default="discoformer",
-                       help="discoformer (pretrained transformer, default), kde (Gaussian KDE) or sdkde "
-                            "(score-debiased KDE)")
+                       help="discoformer (pretrained transformer, default), discoformer-summary (its fit "
+                            "distilled into a fixed-size Gaussian mixture: fast sampler steps), kde (Gaussian KDE) "
+                            "or sdkde (score-debiased KDE)")
     group.add_argument("--bandwidth", type=_bandwidth, default=None,
                        help=f"kde/sdkde bandwidth: {', '.join(BANDWIDTH_RULES)} or a factor h (kernel covariance "
                             f"h^2 x sample covariance); default scott (kde), sd (sdkde)")
@@ -719,9 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-n", "--n", type=_positive(int), default=1000, help="number of samples to fit (1000)")
     demo.add_argument("--n-samples", type=_positive(int), default=500, help="points to generate (500)")
     demo.add_argument("--steps", type=_positive(int), default=20, help="annealed Langevin steps per level (20)")
-    demo.add_argument("--sampler", choices=("discoformer", "kde"), default="discoformer",
-                      help="whose score drives annealed Langevin: discoformer (default; re-encodes the noised "
-                           "data at each low noise level: about a minute on 2 cores) or kde (exact Gaussian "
+    demo.add_argument("--sampler", choices=("summary", "discoformer", "kde"), default="summary",
+                      help="whose score drives annealed Langevin: summary (default; the DiScoFormer fit "
+                           "distilled into a Gaussian mixture, whose convolutions serve every noise level "
+                           "exactly: seconds), discoformer (the network itself, re-encoding the noised data "
+                           "at each low noise level: about a minute on 2 cores) or kde (exact Gaussian "
                            "smoothing, for comparison)")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="demo.png", help="output PNG (default demo.png)")

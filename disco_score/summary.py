@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: the (queries x components x d) work tensors of one evaluation hold at most this many entries
 _CHUNK_ENTRIES = 1 << 22
+#: a summary further than this from its teacher (held-out relative score MSE) is reported as a warning
+GAP_WARNING = 0.2
 #: distillation steps between checks of the held-out gap
 EVAL_EVERY = 20
 
@@ -339,6 +341,9 @@ def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = N
     model, gap = min(fits, key=lambda fit: fit[1])
     with torch.no_grad():
         log_weights, means_z, factors, iso = (t.to(torch.float64) for t in model.parts())
+    if gap > GAP_WARNING:
+        logger.warning("the distilled summary's score differs from its teacher's by %.0f %% (relative MSE at "
+                       "held-out samples, d = %d): sample with the teacher itself where that matters", 100 * gap, d)
     logger.debug("distilled %d components (rank %d; sizes tried %s, held-out gaps %s) from %d samples "
                  "in d = %d", means_z.shape[0], factors.shape[-1], sizes, [f"{g:.3g}" for _, g in fits], n, d)
     return MixtureSummary(whitening, log_weights, means_z, factors, iso.squeeze(1), gap, out_dtype)

@@ -116,7 +116,7 @@ def test_failed_suite_is_recorded_and_the_run_continues(tmp_path: Path, monkeypa
     monkeypatch.setitem(registry.RUNNERS, "speed", lambda opts, ctx: {"cells": [], "timeout_seconds": 1.0})
     monkeypatch.setitem(registry.RUNNERS, "scaling", lambda opts, ctx: {"cells": []})
     monkeypatch.setitem(registry.RUNNERS, "downstream", lambda opts, ctx: {"cells": [], "information": {}})
-    for suite in ("sampling", "ppl", "wild", "step"):  # measured by their own tests; here only the run's flow
+    for suite in ("sampling", "ppl", "wild", "step", "summary"):  # measured by their own tests; here only the run's flow
         monkeypatch.setitem(registry.RUNNERS, suite, lambda opts, ctx: {"cells": [], "sampling": []})
     assert _run(tmp_path, "all", "--quick") == 1
     failed = _load(tmp_path, "accuracy")
@@ -193,6 +193,21 @@ def test_step_suite_whole_sampler_run_and_bad_device(tmp_path: Path) -> None:
     assert run["rows"]["kde"]["values"]["seconds"] > 0 and run["ratio"] is None  # no DiScoFormer row
     with pytest.raises(SystemExit):
         _run(tmp_path, "step", "--quick", "--device", "tpu-nonesuch")
+
+
+def test_summary_suite_compares_the_summary_with_the_network_and_times_its_step(tmp_path: Path) -> None:
+    assert _run(tmp_path, "summary", "--quick", "--only", "^summary (W2|step)", "--timeout", "900") == 0
+    cells = {c["cell"]: c for c in _load(tmp_path, "summary")["cells"]}
+    assert set(cells) == {"summary W2 banana d=2 n=512", "summary step d=2 n=1024"}
+    accuracy = cells["summary W2 banana d=2 n=512"]["rows"]
+    for key in ("discoformer", "discoformer-summary"):
+        assert accuracy[key]["status"] == "ok" and 0 < accuracy[key]["values"]["relative_score_mse"] < 1
+    # the summary's fit includes the network fit it distils
+    assert accuracy["discoformer-summary"]["values"]["fit_seconds"] > accuracy["discoformer"]["values"]["fit_seconds"]
+    step = cells["summary step d=2 n=1024"]["rows"]
+    assert {k: r["status"] for k, r in step.items()} == {"discoformer-summary": "ok", "kde": "ok"}
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## The distilled summary" in text and "| W2 banana d=2 n=512 |" in text and "| 2 | 1024 |" in text
 
 
 def test_integrated_squared_error_matches_closed_form() -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from _conjugate import NaNOracle
 from disco_score import KDE, DiScoFormer
+from disco_score.cli import make_estimator
 from disco_score.metrics import relative_score_mse
 from disco_score.samplers import annealed_langevin
 from disco_score.summary import MixtureSummary, SummaryConfig, distil
@@ -125,6 +126,19 @@ def test_the_estimator_returns_the_summary_when_asked():
     fit = DiScoFormer.pretrained(summary=FAST).fit(x)
     assert isinstance(fit, MixtureSummary) and fit.dim == 2
     assert not isinstance(DiScoFormer.pretrained().fit(x), MixtureSummary)
+    # the command line's --estimator discoformer-summary is the same estimator
+    assert make_estimator("discoformer-summary").config.summary == SummaryConfig()
+    assert make_estimator("discoformer").config.summary is None
+
+
+def test_a_large_set_is_distilled_from_a_network_fitted_on_a_subset(monkeypatch):
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    estimator = DiScoFormer.pretrained(summary=dataclasses.replace(FAST, teacher_samples=500))
+    seen = []
+    fit_network = estimator._fit_network
+    monkeypatch.setattr(estimator, "_fit_network", lambda s: seen.append(s.shape[0]) or fit_network(s))
+    fit = estimator.fit(x)
+    assert seen == [500] and isinstance(fit, MixtureSummary)
 
 
 def test_distil_refuses_bad_input():
