@@ -12,11 +12,26 @@ This module imports no implementation; what ``estimator=None`` means is decided 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from ._checks import ArrayLike, Queries, as_queries, check_positive
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def with_autograd(fn: _F) -> _F:
+    """Run ``fn`` with autograd on whatever the caller's mode: the fits that optimise (``adapt``,
+    ``distil``) are often reached lazily from inside a sampler's ``no_grad`` or ``inference_mode``."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapped  # type: ignore[return-value]
 
 
 class Oracle(abc.ABC):

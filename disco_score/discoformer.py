@@ -25,7 +25,7 @@ import torch
 from .adaptation import (DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_hyvarinen,
                          heldout_nll, score_matching_and_consistency)
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
-from .base import Estimator, Oracle
+from .base import Estimator, Oracle, with_autograd
 from .components import GaussianEnvelopes, interleaved_subsets
 from .fit_stages import MIN_COMPONENT_SIZE, SPLIT_MIN_DIM, FitConfig, find_components
 from .geometric_net import DiScoFormerNet
@@ -494,6 +494,7 @@ class DiScoFormerOracle(Oracle):
         noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device)
         return DiScoFormerOracle(self.estimator, (x + sigma * noise).to(self.samples.dtype), self._net)
 
+    @with_autograd
     def adapt(self, steps: int = 16, lr: float | None = None, n_queries: int = 256, seed: int = 0,
               objective: Objective | None = None, n_proposal: int = 512) -> "DiScoFormerOracle":
         """Test-time adaptation with no labels; returns a new oracle, the shipped weights never change.

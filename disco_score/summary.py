@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
-from .base import Oracle
+from .base import Oracle, with_autograd
 from .whitening import Whitening, scott_factor
 
 logger = logging.getLogger(__name__)
@@ -298,6 +298,7 @@ def component_counts(n: int, d: int, config: SummaryConfig) -> list[int]:
     return sorted({max(1, top // 16), max(1, top // 4), top}, reverse=True)
 
 
+@with_autograd
 def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = None) -> "MixtureSummary":
     """A :class:`MixtureSummary` of ``teacher`` (any fitted oracle, usually a DiScoFormer fit on
     ``samples``), built from ``samples`` (n, d) and the teacher's answers near them.

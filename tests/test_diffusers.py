@@ -19,8 +19,9 @@ from diffusers import (  # noqa: E402
     ScoreSdeVeScheduler,
 )
 
-from disco_score import KDE, metrics, samplers  # noqa: E402
+from disco_score import KDE, DiScoFormer, metrics, samplers  # noqa: E402
 from disco_score.integrations.diffusers import DiscoScoreModel, EmpiricalDiffusionPipeline  # noqa: E402
+from disco_score.summary import MixtureSummary, SummaryConfig  # noqa: E402
 from disco_score.targets import GaussianMixture  # noqa: E402
 
 # 400 generated points against 400 fresh target points: correct conversions land near 0.1, a
@@ -139,6 +140,17 @@ def test_pipeline_with_kde_samples_the_target_without_copying(mixture_sets) -> N
     again = pipe(num_samples=400, num_inference_steps=15, generator=torch.Generator().manual_seed(0))
     assert pipe.model.config.prediction_type == "v_prediction"
     assert metrics.energy_distance(again.samples, fresh) < ED_THRESHOLD
+
+
+def test_pipeline_with_the_distilled_summary_samples_the_target(mixture_sets) -> None:
+    # the summary is fitted lazily inside the pipeline's no_grad call and trains there
+    target, train, fresh = mixture_sets
+    estimator = DiScoFormer.pretrained(summary=SummaryConfig(steps=20, components=8))
+    pipe = EmpiricalDiffusionPipeline(DiscoScoreModel(estimator, train), DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(num_samples=400, num_inference_steps=15, generator=torch.Generator().manual_seed(0))
+    assert isinstance(pipe.model.noise_conditional.oracle, MixtureSummary)
+    assert metrics.energy_distance(out.samples, fresh) < ED_THRESHOLD
 
 
 def test_seeded_pipeline_repeats(mixture_sets) -> None:

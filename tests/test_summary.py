@@ -131,6 +131,19 @@ def test_the_estimator_returns_the_summary_when_asked():
     assert make_estimator("discoformer").config.summary is None
 
 
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_the_fits_that_optimise_run_inside_a_samplers_grad_mode(grad_mode):
+    # pipelines (diffusers' __call__) fit lazily under no_grad; distil and adapt still train
+    x = torch.randn(400, 2, generator=torch.Generator().manual_seed(8))
+    outside = DiScoFormer.pretrained(summary=FAST).fit(x)
+    with grad_mode():
+        inside = DiScoFormer.pretrained(summary=FAST).fit(x)
+        adapted = DiScoFormer.pretrained().fit(x).adapt(steps=2)
+    q = x[:50]
+    np.testing.assert_allclose(inside.score(q), outside.score(q), rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(adapted.score(q)).all()
+
+
 def test_a_large_set_is_distilled_from_a_network_fitted_on_a_subset(monkeypatch):
     x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     estimator = DiScoFormer.pretrained(summary=dataclasses.replace(FAST, teacher_samples=500))
