@@ -94,13 +94,26 @@ class Oracle(abc.ABC):
         assert value is not None
         return q.restore(value)
 
-    def log_density_and_score(self, x: ArrayLike) -> tuple[Any, Any]:
-        """Both at once (one pass): ((m,), (m, d))."""
+    def log_density_and_score(self, x: ArrayLike, normalized: bool = True) -> tuple[Any, Any]:
+        """Both at once (one pass): ((m,), (m, d)).
+
+        ``normalized=False``: the log-density up to an additive constant, which the oracle may then
+        skip computing (DiScoFormer's grid normaliser in d <= 2); enough for Metropolis ratios and
+        for fits that compare log-density differences.
+        """
+        if not isinstance(normalized, bool):
+            raise TypeError(f"normalized must be a bool, got {type(normalized).__name__}")
         q = self._queries(x)
         with torch.no_grad():
-            log_p, score = self._log_density_and_score(q.points, want_score=True)
+            hook = self._log_density_and_score if normalized else self._unnormalized_log_density_and_score
+            log_p, score = hook(q.points, want_score=True)
         assert score is not None
         return q.restore(log_p), q.restore(score)
+
+    def _unnormalized_log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`_log_density_and_score`, free to leave out a constant; by default it does not."""
+        return self._log_density_and_score(y, want_score)
 
     def with_default_convolution_threshold(self, threshold: float) -> "Oracle":
         """This oracle with ``threshold`` as its default switch point in :meth:`smoothed`.

@@ -450,15 +450,16 @@ class DiScoFormerOracle(Oracle):
                 outs_s.append(sc[0])
         return torch.cat(outs_l), torch.cat(outs_s)
 
-    def _evaluate(self, y: torch.Tensor, want_log_density: bool = True, want_score: bool = True
-                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _evaluate(self, y: torch.Tensor, want_log_density: bool = True, want_score: bool = True,
+                  normalized: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The one data path of every output: points (m, d) -> whitened -> the encoded samples
         queried -> back to the points' coordinates (float64 log-density, less the grid normaliser,
         and score; None where not wanted). FloatingPointError if the network's values are not finite."""
         lp, sc = self._query(self._whitened(y))
         log_p = score = None
         if want_log_density:  # (an empty query set needs no normaliser: skip its grid evaluation)
-            log_p = self.whitening.log_density_out(lp.to(torch.float64)) - (self.log_normalizer if y.shape[0] else 0.0)
+            offset = self.log_normalizer if normalized and y.shape[0] else 0.0
+            log_p = self.whitening.log_density_out(lp.to(torch.float64)) - offset
         if want_score:
             score = self.whitening.score_out(sc.to(torch.float64))
         if any(t is not None and not bool(torch.isfinite(t).all()) for t in (log_p, score)):
@@ -469,6 +470,12 @@ class DiScoFormerOracle(Oracle):
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         log_p, score = self._evaluate(y, want_score=want_score)
+        assert log_p is not None
+        return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
+
+    def _unnormalized_log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        log_p, score = self._evaluate(y, want_score=want_score, normalized=False)
         assert log_p is not None
         return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
 

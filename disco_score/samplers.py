@@ -124,7 +124,7 @@ def _score(oracle: Oracle, x: torch.Tensor) -> torch.Tensor:
 
 def _log_density_and_score(oracle: Oracle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check_chains(x)
-    log_p, score = oracle.log_density_and_score(x)
+    log_p, score = oracle.log_density_and_score(x, normalized=False)  # Metropolis ratios need no constant
     return (torch.as_tensor(log_p).to(dtype=x.dtype, device=x.device),
             torch.as_tensor(score).to(dtype=x.dtype, device=x.device))
 
@@ -274,7 +274,8 @@ def langevin_step(generator: torch.Generator | None, state: LangevinState, oracl
 # -- Metropolis-adjusted Langevin -----------------------------------------------------------------
 
 class MALAState(NamedTuple):
-    """Batched MALA chains: ``position`` (m, d), ``log_density`` (m,) and ``score`` (m, d) there."""
+    """Batched MALA chains: ``position`` (m, d), ``log_density`` (m,) (up to the constant an oracle may
+    leave out, ``normalized=False``) and ``score`` (m, d) there."""
 
     position: torch.Tensor
     log_density: torch.Tensor

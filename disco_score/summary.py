@@ -54,6 +54,9 @@ class SummaryConfig:
             scale of its own EM component) — ``3 points`` teacher queries in all.
         steps: Adam steps of the distillation (0: the widened EM fit alone), ``batch`` points each, learning rate ``lr``
             (cosine-decayed; parameters are in units of each component's own scale).
+        trial_steps: every size is distilled this many steps; only the one with the lowest held-out
+            gap then goes on to ``steps`` (successive halving; ``trial_steps >= steps`` fits every
+            size in full).
         log_density_weight: weight of the log-density term (variance of the gap to the teacher's
             log-density, which pins the components' relative weights) beside the relative score error.
         jitter: the jittered copies' noise, in multiples of each point's component's isotropic scale.
@@ -72,6 +75,7 @@ class SummaryConfig:
     em_points: int = 4096
     points: int = 1024
     steps: int = 150
+    trial_steps: int = 50
     batch: int = 512
     lr: float = 0.05
     log_density_weight: float = 0.05
@@ -85,6 +89,7 @@ class SummaryConfig:
             check_int(getattr(self, name), name)
         check_int(self.em_steps, "em_steps", minimum=0)
         check_int(self.steps, "steps", minimum=0)
+        check_int(self.trial_steps, "trial_steps", minimum=0)
         check_positive(self.lr, "lr")
         check_positive(self.log_density_weight, "log_density_weight", allow_zero=True)
         check_int(self.seed, "seed", minimum=0)
@@ -243,7 +248,7 @@ def _teacher_targets(teacher: Oracle, z: torch.Tensor, whitening: Whitening, sta
         scale = torch.exp(start.log_s0)[terms.argmax(1)][:, None]
     noise = torch.randn((len(config.jitter),) + tuple(base.shape), generator=gen, dtype=z.dtype).to(z.device)
     pts = torch.cat([base] + [base + c * scale * e for c, e in zip(config.jitter, noise)] + [held])
-    log_p, score = teacher.log_density_and_score(whitening.backward(pts).to(teacher.compute_dtype))
+    log_p, score = teacher.log_density_and_score(whitening.backward(pts).to(teacher.compute_dtype), normalized=False)
     if not (torch.isfinite(score).all() and torch.isfinite(log_p).all()):
         raise ValueError("the teacher returned non-finite scores or log-densities at the samples; "
                          "it cannot be distilled")
@@ -261,34 +266,45 @@ def _held_gap(model: "_Distilled", targets: _Targets) -> float:
         return float(((score @ targets.to_data - truth) ** 2).sum() / (truth ** 2).sum().clamp_min(1e-30))
 
 
-def _distil_candidate(model: "_Distilled", targets: _Targets, config: SummaryConfig, gen: torch.Generator
-                      ) -> tuple["_Distilled", float]:
+class _Distillation:
     """Adam on the relative score error and the log-density gap, keeping the state with the lowest
     held-out gap (the EM start included): fitted too long, the mixture bends to the fitted points
-    (docs/experiments.md, "Distilling the network into a fixed-size mixture")."""
-    pts, device = targets.points, targets.points.device
-    norm = (targets.score ** 2).sum(-1).mean().clamp_min(1e-30)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.steps))
-    batch = min(config.batch, pts.shape[0])
-    best_gap, best_state = _held_gap(model, targets), copy.deepcopy(model.state_dict())
-    for step in range(1, config.steps + 1):
-        idx = torch.randint(pts.shape[0], (batch,), generator=gen).to(device)
-        log_p, score, _ = model(pts[idx])
-        loss = ((score @ targets.to_data - targets.score[idx]) ** 2).sum(-1).mean() / norm
-        on_samples = idx < targets.n_samples
-        if config.log_density_weight > 0 and int(on_samples.sum()) > 1:
-            loss = loss + config.log_density_weight * (log_p[on_samples] - targets.log_p[idx[on_samples]]).var()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if step % EVAL_EVERY == 0 or step == config.steps:
-            gap = _held_gap(model, targets)
-            if gap < best_gap:
-                best_gap, best_state = gap, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return model, best_gap
+    (docs/experiments.md, "Distilling the network into a fixed-size mixture"). Resumable, so that
+    :func:`distil` can stop the sizes that trail after ``trial_steps``."""
+
+    def __init__(self, model: "_Distilled", targets: _Targets, config: SummaryConfig) -> None:
+        self.model, self.targets, self.config, self.step = model, targets, config, 0
+        self.norm = (targets.score ** 2).sum(-1).mean().clamp_min(1e-30)
+        self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, config.steps))
+        self.best_gap, self.best_state = _held_gap(model, targets), copy.deepcopy(model.state_dict())
+
+    def advance(self, until: int, gen: torch.Generator) -> None:
+        """Adam steps up to step ``until`` (at most ``config.steps``)."""
+        model, targets, config = self.model, self.targets, self.config
+        pts = targets.points
+        batch = min(config.batch, pts.shape[0])
+        until = min(until, config.steps)
+        while self.step < until:
+            self.step += 1
+            idx = torch.randint(pts.shape[0], (batch,), generator=gen).to(pts.device)
+            log_p, score, _ = model(pts[idx])
+            loss = ((score @ targets.to_data - targets.score[idx]) ** 2).sum(-1).mean() / self.norm
+            on_samples = idx < targets.n_samples
+            if config.log_density_weight > 0 and int(on_samples.sum()) > 1:
+                loss = loss + config.log_density_weight * (log_p[on_samples] - targets.log_p[idx[on_samples]]).var()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.schedule.step()
+            if self.step % EVAL_EVERY == 0 or self.step == until:
+                gap = _held_gap(model, targets)
+                if gap < self.best_gap:
+                    self.best_gap, self.best_state = gap, copy.deepcopy(model.state_dict())
+
+    def best(self) -> "_Distilled":
+        self.model.load_state_dict(self.best_state)
+        return self.model
 
 
 def component_counts(n: int, d: int, config: SummaryConfig) -> list[int]:
@@ -306,7 +322,8 @@ def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = N
     Steps: whiten the samples; for each size of :func:`component_counts`, EM from k-means; query
     the teacher at ``config.points`` samples, at jittered copies of each (on the scale of its own
     component) and at ``config.held_out`` held-out samples; fit each mixture to the teacher's
-    scores and log-densities by Adam; keep the size and step with the lowest held-out gap to the
+    scores and log-densities by Adam, every size for ``config.trial_steps``, then the one closest
+    to the teacher on to ``config.steps``; keep the step with the lowest held-out gap to the
     teacher (relative score MSE, :attr:`MixtureSummary.teacher_gap`). No labels: over-split
     components show as curvature the teacher does not have, too few as missing structure.
 
@@ -338,15 +355,19 @@ def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = N
     sizes = component_counts(n, d, config)
     starts = [em_start(k) for k in sizes]
     targets = _teacher_targets(teacher, z, whitening, starts[0], config, gen)
-    fits = [_distil_candidate(start, targets, config, gen) for start in starts]
-    model, gap = min(fits, key=lambda fit: fit[1])
+    runs = [_Distillation(start, targets, config) for start in starts]
+    for run in runs:
+        run.advance(config.trial_steps, gen)
+    leader = min(runs, key=lambda run: run.best_gap)
+    leader.advance(config.steps, gen)
+    model, gap = leader.best(), leader.best_gap
     with torch.no_grad():
         log_weights, means_z, factors, iso = (t.to(torch.float64) for t in model.parts())
     if gap > GAP_WARNING:
         logger.warning("the distilled summary's score differs from its teacher's by %.0f %% (relative MSE at "
                        "held-out samples, d = %d): sample with the teacher itself where that matters", 100 * gap, d)
     logger.debug("distilled %d components (rank %d; sizes tried %s, held-out gaps %s) from %d samples "
-                 "in d = %d", means_z.shape[0], factors.shape[-1], sizes, [f"{g:.3g}" for _, g in fits], n, d)
+                 "in d = %d", means_z.shape[0], factors.shape[-1], sizes, [f"{run.best_gap:.3g}" for run in runs], n, d)
     return MixtureSummary(whitening, log_weights, means_z, factors, iso.squeeze(1), gap, out_dtype)
 
 

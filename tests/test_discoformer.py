@@ -193,6 +193,19 @@ def test_density_normalised_in_1d_and_2d(model: DiScoFormer) -> None:
         assert abs(mass - 1) < 0.05, f"d={d}: integral {mass:.3f}"
 
 
+def test_unnormalized_log_density_skips_only_the_constant(model: DiScoFormer) -> None:
+    x = random_gmm(2, generator=torch.Generator().manual_seed(3)).sample(300, torch.Generator().manual_seed(4))
+    oracle = model.fit(x)
+    q = x[:40] + 0.1
+    free, free_score = oracle.log_density_and_score(q, normalized=False)
+    assert oracle._log_normalizer is None  # the grid integral was not computed
+    log_p, score = oracle.log_density_and_score(q)
+    np.testing.assert_allclose(free - log_p, np.full(40, oracle.log_normalizer), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(free_score, score)
+    with pytest.raises(TypeError, match="normalized"):
+        oracle.log_density_and_score(q, normalized="no")
+
+
 def test_packaged_weights_hash_verified(tmp_path: Path) -> None:
     card = DiScoFormer.model_card()
     assert len(card["sha256"]) == 64
