@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,43 @@ def _run_child(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def step_rows(keys: Sequence[str], d: int, n: int, gave_up: dict[tuple[str, int], str], opts: Options,
+              timeout: float) -> dict[str, dict[str, Any]]:
+    """One (d, n) cell of the step grid: each row's fit and step time, measured in its own child."""
+    entries = timed_rows(keys, d, n, gave_up, lambda key: _run_child(
+        {"estimator": key, "d": d, "n": n, "device": opts.device,
+         "seed": derive_seed(opts.seed, "step", d, n)}, timeout))
+    return {key: {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
+                  "values": {k: entry[k] for k in ("fit_seconds", "step_seconds", "step_seconds_min", "peak_rss_mb")
+                             if k in entry},
+                  "threads": entry.get("threads"), "device": entry.get("device")}
+            for key, entry in entries.items()}
+
+
+def describe_step_rows(rows: dict[str, dict[str, Any]]) -> str:
+    """One log line for a cell of :func:`step_rows`."""
+    return "; ".join(f"{r['label']} fit {r['values']['fit_seconds']:.3g} s step {r['values']['step_seconds']:.3g} s"
+                     if r["status"] == "ok" else f"{r['label']} {r['status']}" for r in rows.values())
+
+
+def sampler_runs(quick: bool) -> list[tuple[str, str, int, int]]:
+    """(method, data set, n, particles) of the whole runs; quick: a smoke test, not a measurement."""
+    return [(*SAMPLER_RUNS[0][:2], 300, 100)] if quick else list(SAMPLER_RUNS)
+
+
+def sampler_rows(keys: Sequence[str], method: str, name: str, n: int, particles: int, opts: Options,
+                 timeout: float) -> dict[str, dict[str, Any]]:
+    """One whole generation run per row (its fit included), each in its own child."""
+    rows = {}
+    for key in keys:
+        entry = _run_child({"kind": "sampler", "estimator": key, "method": method, "set": name, "n": n,
+                            "particles": particles, "steps": 2 if opts.quick else None, "device": opts.device,
+                            "seed": derive_seed(opts.seed, "step-sampler", name)}, timeout)
+        rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
+                     "values": {k: entry[k] for k in ("seconds",) if k in entry}}
+    return rows
+
+
 def _ratio(rows: dict[str, dict[str, Any]], field: str) -> float | None:
     ours, base = rows.get("discoformer"), rows.get("kde")
     if ours is None or base is None or ours["status"] != "ok" or base["status"] != "ok":
@@ -179,38 +217,19 @@ def run_step(opts: Options, ctx: Context) -> dict[str, Any]:
         if label in done:
             cells.append(done[label])
             continue
-        rows: dict[str, dict[str, Any]] = {}
-        entries = timed_rows(keys, d, n, gave_up, lambda key: _run_child(
-            {"estimator": key, "d": d, "n": n, "device": opts.device,
-             "seed": derive_seed(opts.seed, "step", d, n)}, timeout))
-        for key, entry in entries.items():
-            values = {k: entry[k] for k in ("fit_seconds", "step_seconds", "step_seconds_min", "peak_rss_mb")
-                      if k in entry}
-            rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
-                         "values": values, "threads": entry.get("threads"), "device": entry.get("device")}
+        rows = step_rows(keys, d, n, gave_up, opts, timeout)
         cells.append({"cell": label, "d": d, "n": n, "m": STEP_QUERIES, "rows": rows,
                       "step_ratio": _ratio(rows, "step_seconds"), "fit_ratio": _ratio(rows, "fit_seconds")})
-        logger.info("%s: %s; step ratio %s", label, "; ".join(
-            f"{r['label']} fit {r['values']['fit_seconds']:.3g} s step {r['values']['step_seconds']:.3g} s"
-            if r["status"] == "ok" else f"{r['label']} {r['status']}" for r in rows.values()),
-            cells[-1]["step_ratio"])
+        logger.info("%s: %s; step ratio %s", label, describe_step_rows(rows), cells[-1]["step_ratio"])
     sampler_cells = []
-    # quick: a smoke test of the machinery (few particles and steps), not a measurement
-    runs = [(*SAMPLER_RUNS[0][:2], 300, 100)] if opts.quick else list(SAMPLER_RUNS)
-    for method, name, n, particles in runs:
+    for method, name, n, particles in sampler_runs(opts.quick):
         label = f"step sampler {method} {name} n={n}"
         if not opts.selected(label):
             continue
         if label in done:
             sampler_cells.append(done[label])
             continue
-        rows = {}
-        for key in keys:
-            entry = _run_child({"kind": "sampler", "estimator": key, "method": method, "set": name, "n": n,
-                                "particles": particles, "steps": 2 if opts.quick else None, "device": opts.device,
-                                "seed": derive_seed(opts.seed, "step-sampler", name)}, timeout * 3)
-            rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
-                         "values": {k: entry[k] for k in ("seconds",) if k in entry}}
+        rows = sampler_rows(keys, method, name, n, particles, opts, timeout * 3)
         sampler_cells.append({"cell": label, "method": method, "name": name, "n": n, "particles": particles,
                               "rows": rows, "ratio": _ratio(rows, "seconds")})
         logger.info("%s: %s", label, "; ".join(

@@ -18,11 +18,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .cells import Options, _log_cell, _logged_cells, timed_rows
-from .problems import _error_text, derive_seed
+from .cells import Options, _log_cell, _logged_cells
+from .problems import _error_text
 from .registry import register_suite
 from .rows import Context
-from .step_speed import SAMPLER_RUNS, STEP_QUERIES, STEP_ROWS, _run_child, step_configs
+from .step_speed import STEP_QUERIES, describe_step_rows, sampler_rows, sampler_runs, step_configs, step_rows
 from .wild import WILD_ROWS, WildCell, _aggregate, _families, evaluate_row
 
 logger = logging.getLogger(__name__)
@@ -81,32 +81,18 @@ def _speed(opts: Options, done: dict[str, Any], timeout: float) -> list[dict[str
         if label in done:
             cells.append(done[label])
             continue
-        entries = timed_rows(SPEED_ROWS, d, n, gave_up, lambda key: _run_child(
-            {"estimator": key, "d": d, "n": n, "device": opts.device,
-             "seed": derive_seed(opts.seed, "step", d, n)}, timeout))
-        rows = {key: {"label": STEP_ROWS[key], "status": e["status"], "error": e.get("error"),
-                      "values": {k: e[k] for k in ("fit_seconds", "step_seconds", "peak_rss_mb") if k in e}}
-                for key, e in entries.items()}
+        rows = step_rows(SPEED_ROWS, d, n, gave_up, opts, timeout)
         cells.append({"cell": label, "d": d, "n": n, "rows": rows})
         _log_cell(opts, "summary", list(SUMMARY_ROWS), cells[-1])
-        logger.info("%s: %s", label, "; ".join(
-            f"{r['label']} fit {r['values']['fit_seconds']:.3g} s step {r['values']['step_seconds']:.3g} s"
-            if r["status"] == "ok" else f"{r['label']} {r['status']}" for r in rows.values()))
-    runs = [(*SAMPLER_RUNS[0][:2], 300, 100)] if opts.quick else list(SAMPLER_RUNS)
-    for method, name, n, particles in runs:
+        logger.info("%s: %s", label, describe_step_rows(rows))
+    for method, name, n, particles in sampler_runs(opts.quick):
         label = f"summary sampler {method} {name} n={n}"
         if not opts.selected(label):
             continue
         if label in done:
             cells.append(done[label])
             continue
-        rows = {}
-        for key in SPEED_ROWS:
-            entry = _run_child({"kind": "sampler", "estimator": key, "method": method, "set": name, "n": n,
-                                "particles": particles, "steps": 2 if opts.quick else None, "device": opts.device,
-                                "seed": derive_seed(opts.seed, "step-sampler", name)}, timeout * 3)
-            rows[key] = {"label": STEP_ROWS[key], "status": entry["status"], "error": entry.get("error"),
-                         "values": {k: entry[k] for k in ("seconds",) if k in entry}}
+        rows = sampler_rows(SPEED_ROWS, method, name, n, particles, opts, timeout * 3)
         cells.append({"cell": label, "method": method, "name": name, "n": n, "particles": particles, "rows": rows})
         _log_cell(opts, "summary", list(SUMMARY_ROWS), cells[-1])
     return cells
@@ -140,6 +126,14 @@ def _row_text(row: dict[str, Any] | None, field: str) -> str:
     return _fmt(_ok(row, field), field) if row.get("status") == "ok" else f"**{row.get('status')}**"
 
 
+def _against_kde(cell: dict[str, Any], field: str) -> str:
+    """Table cells: the summary's figure, the KDE's and their ratio."""
+    fast, base = cell["rows"].get("discoformer-summary"), cell["rows"].get("kde")
+    a, b = _ok(fast, field), _ok(base, field)
+    ratio = "—" if a is None or not b else f"{a / b:.2f}×"
+    return f"{_row_text(fast, field)} | {_row_text(base, field)} | {ratio}"
+
+
 def render_summary(result: dict[str, Any]) -> list[str]:
     """Markdown: the accuracy table (network against summary), the step grid, the whole runs."""
     cells = result.get("cells", [])
@@ -167,19 +161,13 @@ def render_summary(result: dict[str, Any]) -> list[str]:
                   "| d | n | summary fit | KDE fit | summary step | KDE step | step × |", "|---|---|---|---|---|---|---|"]
         for c in steps:
             fast, base = c["rows"].get("discoformer-summary"), c["rows"].get("kde")
-            a, b = _ok(fast, "step_seconds"), _ok(base, "step_seconds")
-            ratio = "—" if a is None or not b else f"{a / b:.2f}×"
             lines.append(f"| {c['d']} | {c['n']} | {_row_text(fast, 'fit_seconds')} | {_row_text(base, 'fit_seconds')} "
-                         f"| {_row_text(fast, 'step_seconds')} | {_row_text(base, 'step_seconds')} | {ratio} |")
+                         f"| {_against_kde(c, 'step_seconds')} |")
     if runs:
         lines += ["", "Whole generation runs (the sampler's default steps; the summary's time includes its fit):", "",
                   "| run | particles | summary | KDE | × |", "|---|---|---|---|---|"]
         for c in runs:
-            fast, base = c["rows"].get("discoformer-summary"), c["rows"].get("kde")
-            a, b = _ok(fast, "seconds"), _ok(base, "seconds")
-            ratio = "—" if a is None or not b else f"{a / b:.2f}×"
-            lines.append(f"| {c['method']}, {c['name']} n = {c['n']} | {c['particles']} | "
-                         f"{_row_text(fast, 'seconds')} | {_row_text(base, 'seconds')} | {ratio} |")
+            lines.append(f"| {c['method']}, {c['name']} n = {c['n']} | {c['particles']} | {_against_kde(c, 'seconds')} |")
     errors = [f"{c['cell']} {r['label']}: {r['status']} ({r.get('error')})" for c in cells
               for r in c.get("rows", {}).values() if r.get("status") not in ("ok", "n/a")]
     if errors:
