@@ -196,9 +196,10 @@ def test_step_suite_whole_sampler_run_and_bad_device(tmp_path: Path) -> None:
 
 
 def test_summary_suite_compares_the_summary_with_the_network_and_times_its_step(tmp_path: Path) -> None:
-    assert _run(tmp_path, "summary", "--quick", "--only", "^summary (W2|step)", "--timeout", "900") == 0
+    assert _run(tmp_path, "summary", "--quick", "--only", "^summary (W2|P1|step)", "--timeout", "900") == 0
     cells = {c["cell"]: c for c in _load(tmp_path, "summary")["cells"]}
-    assert set(cells) == {"summary W2 banana d=2 n=512", "summary step d=2 n=1024"}
+    assert set(cells) == {"summary W2 banana d=2 n=512", "summary P1 d=2 n=256", "summary step d=2 n=1024"}
+    assert all(r["status"] == "ok" for r in cells["summary P1 d=2 n=256"]["rows"].values())
     accuracy = cells["summary W2 banana d=2 n=512"]["rows"]
     for key in ("discoformer", "discoformer-summary"):
         assert accuracy[key]["status"] == "ok" and 0 < accuracy[key]["values"]["relative_score_mse"] < 1
@@ -208,6 +209,7 @@ def test_summary_suite_compares_the_summary_with_the_network_and_times_its_step(
     assert {k: r["status"] for k, r in step.items()} == {"discoformer-summary": "ok", "kde": "ok"}
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## The distilled summary" in text and "| W2 banana d=2 n=512 |" in text and "| 2 | 1024 |" in text
+    assert "| P1 d=2 n=256 |" in text
 
 
 def test_integrated_squared_error_matches_closed_form() -> None:

@@ -167,7 +167,7 @@ def test_distil_refuses_bad_input():
         distil(NaNOracle(), x, FAST)
     with pytest.raises(ValueError, match="samples"):
         distil(kde, torch.full((300, 2), math.nan))
-    for field, value in (("components", 0), ("lr", -1.0), ("steps", -1), ("seed", 1.5)):
+    for field, value in (("components", 0), ("lr", -1.0), ("steps", -1), ("trial_steps", -1), ("seed", 1.5)):
         with pytest.raises((ValueError, TypeError), match=field):
             SummaryConfig(**{field: value})
 

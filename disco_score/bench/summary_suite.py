@@ -5,6 +5,8 @@ and what it saves in time (:mod:`disco_score.summary`, ``DiScoFormer.pretrained(
   n = 2048, two members per family and d) and W3 (n = 2048) problems of the wild suite, with the
   network and its distilled summary on the same samples; the summary's fit seconds include the
   network fit it distils.
+* ``summary P1 gmm d=<d> n=<n>`` and the other P1–P3 cells: the accuracy suite's targets (its
+  first two per cell, relative score MSE) with the same two rows.
 * ``summary step d=<d> n=<n>``: the step suite's measurement (fit, then the score at 1000 fresh
   queries, one child process per row) for the summary and the package's KDE, over the step grid.
 * ``summary sampler <method> ...``: the step suite's whole generation runs with the summary.
@@ -13,17 +15,18 @@ and what it saves in time (:mod:`disco_score.summary`, ``DiScoFormer.pretrained(
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .cells import Options, _log_cell, _logged_cells
-from .problems import _error_text
+from .problems import _error_text, make_problem
 from .registry import register_suite
 from .rows import Context
 from .step_speed import STEP_QUERIES, describe_step_rows, sampler_rows, sampler_runs, step_configs, step_rows
-from .wild import WILD_ROWS, WildCell, _aggregate, _families, evaluate_row
+from .wild import WILD_ROWS, WildCell, WildProblem, _aggregate, _families, evaluate_row
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +34,42 @@ SUMMARY_ROWS = {"discoformer": "DiScoFormer", "discoformer-summary": "DiScoForme
 SPEED_ROWS = ("discoformer-summary", "kde")
 
 
+@dataclass(frozen=True)
+class ProtocolCell(WildCell):
+    """A cell of the accuracy suite's P1–P3 grid (``family`` of :func:`~.problems.make_problem`), as
+    wild problems: the same targets, samples and queries as ``bench accuracy``'s first members."""
+
+    family: str = "gmm"
+
+    def problems(self, seed: int) -> list[WildProblem]:
+        out = []
+        for index in range(self.targets):
+            p = make_problem(self.family, self.d, self.n, index, seed)
+            out.append(WildProblem(self.protocol, self.name, p.samples, p.queries, p.true_log_density,
+                                   p.true_score, seed=p.target_seed))
+        return out
+
+
+#: (protocol, family, d, n) of the P cells; two targets each (the accuracy suite has 4-8)
+PROTOCOL_CELLS = ([("P1", "gmm", d, n) for d in (2, 10) for n in (256, 16384)] + [("P2", "p2", 100, 2048)]
+                  + [("P3 more modes", "gmm-many", d, 2048) for d in (2, 10)]
+                  + [("P3 Laplace", "laplace", 2, n) for n in (512, 4096)]
+                  + [("P3 Student-t", "student-t", 2, n) for n in (128, 512)])
+
+
 def accuracy_cells(quick: bool) -> list[WildCell]:
-    """The wild problems the summary is compared on (``quick``: one W1 set and one W2 cell)."""
+    """The problems the summary is compared on (``quick``: one W1 set, one W2 and one P1 cell)."""
     from .posteriors import POSTERIORS, get_posterior
     from .toys import TOY_SETS
 
     if quick:
-        return [WildCell("W1", list(TOY_SETS)[0], 500), WildCell("W2", "banana d=2", 512, 1, 2)]
+        return [WildCell("W1", list(TOY_SETS)[0], 500), WildCell("W2", "banana d=2", 512, 1, 2),
+                ProtocolCell("P1", "d=2", 256, 1, 2, "gmm")]
     cells = [WildCell("W1", t, 2000) for t in TOY_SETS]
     for family, (dims, _) in _families().items():
         cells += [WildCell("W2", f"{family} d={d}", 2048, 2, d) for d in dims]
-    return cells + [WildCell("W3", p, 2048, d=get_posterior(p).dim) for p in POSTERIORS]
+    cells += [WildCell("W3", p, 2048, d=get_posterior(p).dim) for p in POSTERIORS]
+    return cells + [ProtocolCell(protocol, f"d={d}", n, 2, d, family) for protocol, family, d, n in PROTOCOL_CELLS]
 
 
 def _accuracy(opts: Options, ctx: Context, done: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,7 +179,7 @@ def render_summary(result: dict[str, Any]) -> list[str]:
         a, b = _ok(ours, figure), _ok(fast, figure)
         change = "—" if a is None or b is None else (f"{b - a:+.3f} nats" if figure == "heldout_loglik"
                                                       else f"{b / a:.2f}×")
-        name = c["name"] if c.get("protocol") == "W2" else f"{c['name']} d={c.get('d', '')}"
+        name = c["name"] if "d=" in c["name"] else f"{c['name']} d={c.get('d', '')}"
         lines.append(f"| {c.get('protocol')} {name} n={c['n']} | {_row_text(ours, figure)} | {_row_text(fast, figure)} "
                      f"| {change} | {_row_text(ours, 'fit_seconds')} | {_row_text(fast, 'fit_seconds')} |")
     if steps:

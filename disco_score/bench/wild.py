@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .. import metrics
 from ..base import Oracle
+from ..discoformer import DiScoFormer
 from ..kde import KDE, KDEOracle, _kernel_covariance, _sample_covariance, oracle_tuned_kde
 from ..summary import SummaryConfig, distil
 from ..targets import Banana, Funnel, GaussianMixture, ProductStudentT, Target
@@ -209,7 +210,9 @@ def w3_problem(name: str, n: int, m: int = N_QUERIES) -> WildProblem:
 # Rows
 # ----------------------------------------------------------------------------------------------
 def _discoformer(problem: WildProblem, ctx: Context) -> Oracle:
-    return problem.cache.setdefault("discoformer", ctx.discoformer().fit(problem.samples))
+    if "discoformer" not in problem.cache:  # (setdefault would fit again on every call)
+        problem.cache["discoformer"] = ctx.discoformer().fit(problem.samples)
+    return problem.cache["discoformer"]
 
 
 def _fit(key: str, problem: WildProblem, ctx: Context, quick: bool) -> Oracle:
@@ -217,8 +220,11 @@ def _fit(key: str, problem: WildProblem, ctx: Context, quick: bool) -> Oracle:
         return _discoformer(problem, ctx)
     if key == "discoformer-adapt":
         return _discoformer(problem, ctx).adapt(steps=ADAPT_STEPS[quick])  # type: ignore[attr-defined]
-    if key == "discoformer-summary":  # what DiScoFormer.pretrained(summary=True) fits, for n <= 8192
-        return distil(_discoformer(problem, ctx), problem.samples, SummaryConfig(steps=20 if quick else 150))
+    if key == "discoformer-summary":  # what DiScoFormer.pretrained(summary=True) fits
+        config = SummaryConfig(steps=20 if quick else 150)
+        if problem.samples.shape[0] > config.teacher_samples:  # its network sees a subset: fit it so
+            return DiScoFormer.pretrained(summary=config).fit(problem.samples)
+        return distil(_discoformer(problem, ctx), problem.samples, config)
     if key == "kde-cv":
         return KDE("cv").fit(problem.samples)
     if key == "kde-score":
