@@ -45,8 +45,8 @@ class SummaryConfig:
 
     Attributes:
         components: at most this many mixture components; fewer where the set is small, so that each
-            has at least ``max(16, 2 d)`` samples to start from; a quarter and a sixteenth of that
-            are tried too, and the size with the lowest held-out gap to the teacher kept.
+            has at least ``max(16, 2 d)`` samples to start from; every halving of that down to 1
+            is tried too, and the size with the lowest held-out gap to the teacher kept.
         rank: rank of each component's covariance beyond its isotropic part (capped at ``d``).
         em_steps: EM steps from the k-means start (on at most ``em_points`` samples).
         em_points: samples used for k-means and EM.
@@ -309,9 +309,10 @@ class _Distillation:
 
 def component_counts(n: int, d: int, config: SummaryConfig) -> list[int]:
     """The mixture sizes :func:`distil` tries: at most ``config.components``, and at most one per
-    ``max(16, 2 d)`` samples; then a quarter and a sixteenth of that (at least 1)."""
+    ``max(16, 2 d)`` samples; then every halving of that down to 1 (cheap under successive
+    halving; docs/experiments.md, "A ladder of sizes")."""
     top = max(1, min(config.components, n // max(16, 2 * d)))
-    return sorted({max(1, top // 16), max(1, top // 4), top}, reverse=True)
+    return sorted({max(1, top >> i) for i in range(top.bit_length())}, reverse=True)
 
 
 @with_autograd
