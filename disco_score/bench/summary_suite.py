@@ -169,7 +169,8 @@ def render_summary(result: dict[str, Any]) -> list[str]:
     steps = [c for c in cells if "d" in c and "protocol" not in c]
     runs = [c for c in cells if "method" in c]
     lines = ["The network against its distilled summary on the same samples (W1: held-out log-likelihood, "
-             "nats per point, higher is better; W2/W3: relative score MSE). Fit seconds of the summary "
+             "nats per point, higher is better; W2, W3 and P1–P3: relative score MSE, lower is better; P cells: the "
+             "accuracy suite's first two targets). Fit seconds of the summary "
              "include the network fit it distils.", "",
              "| data | DiScoFormer | summary | summary − network | network fit | summary fit |",
              "|---|---|---|---|---|---|"]
