@@ -33,7 +33,7 @@ from .kde import KDEOracle
 from .model import DensityNet
 from .net_blocks import EncodedSamples
 from .set_transformer_net import SetTransformerNet
-from .summary import MixtureSummary, distil
+from .summary import MixtureSummary, distil, teacher_subset
 from .weights_io import WEIGHTS_DIR, WEIGHTS_NAME, Specialist, load_specialists, load_weights
 from .whitening import Whitening, scott_factor
 
@@ -148,11 +148,7 @@ class DiScoFormer(Estimator):
         summary = self.config.summary
         if summary is None:
             return self._fit_network(x)
-        # the teacher sees at most teacher_samples of a large set (its encoder is quadratic in n);
-        # the summary's EM sees them all
-        teacher_set = x if x.shape[0] <= summary.teacher_samples else \
-            x[torch.linspace(0, x.shape[0] - 1, summary.teacher_samples, device=x.device).round().long()]
-        return self._summarize(self._fit_network(teacher_set), x)
+        return self._summarize(self._fit_network(teacher_subset(x, summary)), x)
 
     def _fit_network(self, x: torch.Tensor) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
         """Steps 1-5 on validated samples (n, d): the network fit, or the mixture of its parts."""
@@ -469,13 +465,16 @@ class DiScoFormerOracle(Oracle):
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        log_p, score = self._evaluate(y, want_score=want_score)
-        assert log_p is not None
-        return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
+        return self._log_density_and_score_in(y, want_score, normalized=True)
 
     def _unnormalized_log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        log_p, score = self._evaluate(y, want_score=want_score, normalized=False)
+        return self._log_density_and_score_in(y, want_score, normalized=False)
+
+    def _log_density_and_score_in(self, y: torch.Tensor, want_score: bool, normalized: bool
+                                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_evaluate` in the queries' dtype."""
+        log_p, score = self._evaluate(y, want_score=want_score, normalized=normalized)
         assert log_p is not None
         return log_p.to(y.dtype), None if score is None else score.to(y.dtype)
 

@@ -315,6 +315,14 @@ def component_counts(n: int, d: int, config: SummaryConfig) -> list[int]:
     return sorted({max(1, top >> i) for i in range(top.bit_length())}, reverse=True)
 
 
+def teacher_subset(x: torch.Tensor, config: SummaryConfig) -> torch.Tensor:
+    """The samples the distilled network is fitted on: all of ``x`` (n, d), or ``config.teacher_samples``
+    of them evenly spaced in their order (the network's encoder is quadratic in n; EM sees them all)."""
+    if x.shape[0] <= config.teacher_samples:
+        return x
+    return x[torch.linspace(0, x.shape[0] - 1, config.teacher_samples, device=x.device).round().long()]
+
+
 @with_autograd
 def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = None) -> "MixtureSummary":
     """A :class:`MixtureSummary` of ``teacher`` (any fitted oracle, usually a DiScoFormer fit on

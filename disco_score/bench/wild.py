@@ -33,9 +33,8 @@ from tqdm import tqdm
 
 from .. import metrics
 from ..base import Oracle
-from ..discoformer import DiScoFormer
 from ..kde import KDE, KDEOracle, _kernel_covariance, _sample_covariance, oracle_tuned_kde
-from ..summary import SummaryConfig, distil
+from ..summary import SummaryConfig, distil, teacher_subset
 from ..targets import Banana, Funnel, GaussianMixture, ProductStudentT, Target
 from ..whitening import scott_factor
 from .baselines import BICGaussianMixture, SplineFlow
@@ -222,9 +221,9 @@ def _fit(key: str, problem: WildProblem, ctx: Context, quick: bool) -> Oracle:
         return _discoformer(problem, ctx).adapt(steps=ADAPT_STEPS[quick])  # type: ignore[attr-defined]
     if key == "discoformer-summary":  # what DiScoFormer.pretrained(summary=True) fits
         config = SummaryConfig(steps=20 if quick else 150)
-        if problem.samples.shape[0] > config.teacher_samples:  # its network sees a subset: fit it so
-            return DiScoFormer.pretrained(summary=config).fit(problem.samples)
-        return distil(_discoformer(problem, ctx), problem.samples, config)
+        subset = teacher_subset(problem.samples, config)
+        teacher = _discoformer(problem, ctx) if subset is problem.samples else ctx.discoformer().fit(subset)
+        return distil(teacher, problem.samples, config)
     if key == "kde-cv":
         return KDE("cv").fit(problem.samples)
     if key == "kde-score":
