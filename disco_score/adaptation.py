@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -120,14 +120,15 @@ CHOICE_EXACT_MAX_DIM = 16
 CHOICE_PROBES = 4
 
 
-def heldout_hyvarinen(fit: Callable[[torch.Tensor], Any], z: torch.Tensor) -> float:
-    """Cross-fitted held-out Hyvärinen loss ``mean(|s|^2 / 2 + div s)`` of an estimator on whitened
-    samples ``z`` (n, d): ``fit(half)`` returns an oracle (with ``score``) fitted on one interleaved
-    half (:func:`~disco_score.components.interleaved_subsets`, permutation-invariant), scored at up to
-    :data:`CHOICE_POINTS` points of the other half, both ways. Lower is better: by integration by
-    parts it is half the Fisher divergence from the sampling law plus a constant that no estimator
-    changes. The divergence is a central finite difference along the axes (d <= :data:`CHOICE_EXACT_MAX_DIM`)
-    or along :data:`CHOICE_PROBES` fixed Rademacher directions (Hutchinson)."""
+def heldout_score_terms(fits: Sequence[Callable[[torch.Tensor], Any]], z: torch.Tensor, points: int
+                        ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Cross-fitted scores and divergences of several estimators on whitened samples ``z`` (n, d): for
+    each of the two ways round (fit on one interleaved half, :func:`~disco_score.components.interleaved_subsets`,
+    so permutation-invariant; score at up to ``points`` points of the other, spread along the set's
+    range), one ``(score (m, d), divergence (m,))`` per estimator, all at the same points. ``fits[i](half)``
+    returns an oracle with ``score``. The divergence is a central finite difference along the axes
+    (d <= :data:`CHOICE_EXACT_MAX_DIM`) or along :data:`CHOICE_PROBES` fixed Rademacher directions
+    (Hutchinson). A set above :data:`CHOICE_MAX_N` is first cut to an interleaved subset of that size."""
     n, d = z.shape
     if n > CHOICE_MAX_N:
         z = z[interleaved_subsets(z, -(-n // CHOICE_MAX_N))[0]]
@@ -139,16 +140,27 @@ def heldout_hyvarinen(fit: Callable[[torch.Tensor], Any], z: torch.Tensor) -> fl
         signs = torch.randint(0, 2, (CHOICE_PROBES, d), generator=torch.Generator().manual_seed(d))
         directions = (2.0 * signs - 1.0).to(dtype=z.dtype, device=z.device)
     k = directions.shape[0]
-    total = 0.0
+    out = []
     for fitted, held in ((halves[0], halves[1]), (halves[1], halves[0])):
-        oracle = fit(z[fitted])
-        y = z[held][:: max(1, len(held) // CHOICE_POINTS)][:CHOICE_POINTS]  # spread along the set's range
+        y = z[held][:: max(1, len(held) // points)][:points]
         m = y.shape[0]
         steps = CHOICE_STEP * directions
-        points = torch.cat([y, (y[:, None] + steps).reshape(-1, d), (y[:, None] - steps).reshape(-1, d)])
-        s = oracle.score(points)
-        plus, minus = s[m:m + m * k].reshape(m, k, d), s[m + m * k:].reshape(m, k, d)
-        along = ((plus - minus) * directions).sum(-1) / (2 * CHOICE_STEP)  # v^T (ds/dy) v per direction
-        div = along.sum(1) if exact else along.mean(1)  # the trace: axes summed, or Hutchinson's mean
-        total += float((0.5 * (s[:m] ** 2).sum(1) + div).mean())
-    return total / 2
+        grid = torch.cat([y, (y[:, None] + steps).reshape(-1, d), (y[:, None] - steps).reshape(-1, d)])
+        terms = []
+        for fit in fits:
+            s = torch.as_tensor(fit(z[fitted]).score(grid)).to(torch.float64)
+            plus, minus = s[m:m + m * k].reshape(m, k, d), s[m + m * k:].reshape(m, k, d)
+            along = ((plus - minus) * directions).sum(-1) / (2 * CHOICE_STEP)  # v^T (ds/dy) v per direction
+            terms.append((s[:m], along.sum(1) if exact else along.mean(1)))  # the trace: summed, or Hutchinson's mean
+        out.append(terms)
+    return out
+
+
+def heldout_hyvarinen(fit: Callable[[torch.Tensor], Any], z: torch.Tensor) -> float:
+    """Cross-fitted held-out Hyvärinen loss ``mean(|s|^2 / 2 + div s)`` of an estimator on whitened
+    samples ``z`` (n, d) (:func:`heldout_score_terms` at :data:`CHOICE_POINTS` points per half, the
+    two ways round averaged): ``fit(half)`` returns an oracle with ``score``. Lower is better: by
+    integration by parts it is half the Fisher divergence from the sampling law plus a constant
+    that no estimator changes."""
+    halves = heldout_score_terms([fit], z, CHOICE_POINTS)
+    return sum(float((0.5 * (s ** 2).sum(1) + div).mean()) for ((s, div),) in halves) / 2

@@ -25,8 +25,10 @@ import torch
 from .adaptation import (DEFAULT_LR, OBJECTIVES, Objective, default_objective, defensive_proposal, heldout_hyvarinen,
                          heldout_nll, score_matching_and_consistency)
 from ._checks import ArrayLike, as_samples, check_int, check_positive, check_squarable
-from .base import Estimator, Oracle, with_autograd
+from .base import Estimator, Oracle, grid_log_integral, with_autograd
+from .blend import BLEND_MIN_N, ScoreBlend, blend_weight
 from .components import GaussianEnvelopes, interleaved_subsets
+from .gaussian_mixture import bic_mixture
 from .fit_stages import MIN_COMPONENT_SIZE, SPLIT_MIN_DIM, FitConfig, find_components
 from .geometric_net import DiScoFormerNet
 from .kde import KDEOracle
@@ -62,7 +64,8 @@ class DiScoFormer(Estimator):
     (:meth:`serving_network`), fit each part (:meth:`_fit_part`, on interleaved subsets where a
     specialist asks for them), then, where
     several components were found, weigh them (:meth:`_log_weights`, with the level offsets) and cap
-    them (:meth:`_envelopes`); where ``config.summary`` asks for it, distil the fit into a fixed-size
+    them (:meth:`_envelopes`); blend the fit's score with a BIC Gaussian mixture's (:meth:`_blend`); where
+    ``config.summary`` asks for it, distil the fit into a fixed-size
     mixture, the sampler's fast path (:meth:`_summarize`). Each step's switch and knobs are fields
     of :attr:`config`.
 
@@ -133,22 +136,24 @@ class DiScoFormer(Estimator):
         """The JSON stored beside the weights (config, SHA-256, training metadata)."""
         return json.loads((Path(weights_dir or WEIGHTS_DIR) / f"{WEIGHTS_NAME}.json").read_text())
 
-    def fit(self, samples: ArrayLike) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture | MixtureSummary":
+    def fit(self, samples: ArrayLike
+            ) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture | ScoreBlend | MixtureSummary":
         """Condition on ``samples`` (n, d): whiten them and run the sample encoder once (per
         component, where components are found; see :class:`~disco_score.fit_stages.FitConfig`).
 
         Returns an immutable :class:`DiScoFormerOracle`; a :class:`DiScoFormerAverage` of them for
         a set larger than its specialist's ``bag_size``; or a :class:`DiScoFormerMixture` of those,
-        one per component (in the samples' dtype and on their device). All three answer the same
-        :class:`~disco_score.base.Oracle` interface, ``adapt`` and ``with_convolution_threshold``
-        included. With ``config.summary`` set, the fit distilled into a
+        one per component (in the samples' dtype and on their device); any of these blended with a
+        BIC Gaussian mixture, a :class:`~disco_score.blend.ScoreBlend`, where held-out score matching
+        gives the mixture weight. All answer the same :class:`~disco_score.base.Oracle` interface,
+        ``adapt`` and ``with_convolution_threshold`` included. With ``config.summary`` set, the fit distilled into a
         :class:`~disco_score.summary.MixtureSummary` instead (a plain Oracle). Raises ValueError if the samples are invalid, have no spread or are rank-deficient.
         """
         x = as_samples(samples)
         summary = self.config.summary
-        if summary is None:
-            return self._fit_network(x)
-        return self._summarize(self._fit_network(teacher_subset(x, summary)), x)
+        teacher = x if summary is None else teacher_subset(x, summary)
+        fit = self._blend(self._fit_network(teacher), teacher)
+        return fit if summary is None else self._summarize(fit, x)
 
     def _fit_network(self, x: torch.Tensor) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture":
         """Steps 1-5 on validated samples (n, d): the network fit, or the mixture of its parts."""
@@ -256,8 +261,27 @@ class DiScoFormer(Estimator):
         return GaussianEnvelopes.from_parts([part / scale for part in parts],
                                             [functools.partial(_log_density_scaled, fit, scale) for fit in fits])
 
+    def _blend(self, fit: "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture", x: torch.Tensor
+               ) -> "DiScoFormerOracle | DiScoFormerAverage | DiScoFormerMixture | ScoreBlend":
+        """Step 6: ``fit`` of ``x`` (n, d) blended with a BIC Gaussian mixture of ``x``, the network's weight by
+        cross-fitted held-out score matching on whitened halves (:func:`~disco_score.blend.blend_weight`;
+        steps 1-5 fitted on each half); ``fit`` itself where the weight is 1, ``config.blend`` is off
+        or n is below :data:`~disco_score.blend.BLEND_MIN_N`."""
+        if not self.config.blend or x.shape[0] < BLEND_MIN_N:
+            return fit
+        whitening = Whitening.from_samples(x)
+        z = whitening.forward(x.to(torch.float64))
+        mixture = bic_mixture(x)  # the halves' mixtures take its size: one BIC search, not three
+        size = [int(mixture.weights.shape[-1])]
+        weight = blend_weight(self._fit_network, functools.partial(bic_mixture, sizes=size), z)
+        logger.info("blend at n=%d, d=%d: the network's weight %.3g (mixture of %d)", *x.shape, weight, size[0])
+        if weight >= 1.0:
+            return fit
+        extent = torch.stack([z.min(0).values, z.max(0).values])
+        return ScoreBlend(fit, mixture, weight, whitening, extent, self.config.normalize)
+
     def _summarize(self, fit: Oracle, samples: torch.Tensor) -> MixtureSummary:
-        """Step 6: the fit distilled into a fixed-size mixture (:func:`~disco_score.summary.distil`,
+        """Step 7: the fit distilled into a fixed-size mixture (:func:`~disco_score.summary.distil`,
         with ``config.summary``), built from all of ``samples``."""
         assert self.config.summary is not None
         return distil(fit, samples, self.config.summary)
@@ -416,20 +440,10 @@ class DiScoFormerOracle(Oracle):
 
     def _grid_log_normalizer(self, z: torch.Tensor) -> float:
         """log of the integral of the network's density over a grid covering the samples +- 4."""
-        k = 1024 if self.dim == 1 else 96
-        # float64 nodes on the samples' device, whatever the default dtype; the network gets its own dtype
-        axes = [torch.linspace(float(z[:, i].min()) - 4, float(z[:, i].max()) + 4, k, dtype=torch.float64,
-                               device=z.device) for i in range(self.dim)]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.dim)
-        with torch.no_grad():
-            lp, _ = self._query(grid.to(self.net_dtype))
-        weights = [torch.full((k,), float(a[1] - a[0]), dtype=torch.float64, device=z.device) for a in axes]
-        for w in weights:  # trapezoid rule: half weight at the ends
-            w[0] *= 0.5
-            w[-1] *= 0.5
-        log_w = torch.log(weights[0]) if self.dim == 1 else (torch.log(weights[0])[:, None]
-                                                             + torch.log(weights[1])[None, :]).reshape(-1)
-        return float(torch.logsumexp(lp.double() + log_w.double(), 0))
+        def log_density(nodes: torch.Tensor) -> torch.Tensor:  # the network gets its own dtype
+            return self._query(nodes.to(self.net_dtype))[0]
+
+        return grid_log_integral(log_density, z)
 
     def _query(self, y: torch.Tensor, net: DensityNet | None = None, grad: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,9 @@ stage of it that needs no network: cutting the sample set into components.
 4. lower each component's mixture weight by the network's level error on one Gaussian of its size
    (``level_offsets``);
 5. cap each component's log-density far from its samples by a Gaussian envelope (``envelopes``);
-6. where ``summary`` asks for it, distil the fit into a fixed-size Gaussian mixture, the sampler's
+6. blend the fit's score with a BIC Gaussian mixture's, the weight by held-out score matching
+   (``blend``);
+7. where ``summary`` asks for it, distil the fit into a fixed-size Gaussian mixture, the sampler's
    fast path (:func:`disco_score.summary.distil`), and return that.
 
 ``normalize`` and ``convolution_threshold`` shape the fitted oracle's answers; ``key_block`` and
@@ -100,6 +102,14 @@ class FitConfig:
         envelopes: cap each found component's log-density far from its samples by an inflated
             Gaussian fit (:class:`disco_score.components.GaussianEnvelopes`), so that no part's
             tail takes the posterior in another component's region.
+        blend: from :data:`~disco_score.blend.BLEND_MIN_N` samples up, blend the fit's score with that
+            of a Gaussian mixture whose size BIC chooses (:func:`~disco_score.gaussian_mixture.bic_mixture`),
+            the network's weight chosen by cross-fitted held-out score matching
+            (:func:`~disco_score.blend.blend_weight`; :class:`~disco_score.blend.ScoreBlend`, or the fit
+            itself where the weight is 1). Why: the mixture beats the network on mixtures of
+            separated Gaussians and near-Gaussian posteriors, the network wins elsewhere, and the
+            blend often beats both (docs/experiments.md, "Blending with a BIC mixture by held-out
+            score matching").
         summary: distil the fit into a fixed-size Gaussian mixture
             (:class:`~disco_score.summary.MixtureSummary`, built by
             :func:`~disco_score.summary.distil` with these settings) and return that instead: a
@@ -123,6 +133,7 @@ class FitConfig:
     choose_network: bool = True
     level_offsets: bool = True
     envelopes: bool = True
+    blend: bool = True
     summary: SummaryConfig | None = None
 
     def __post_init__(self) -> None:
@@ -138,7 +149,8 @@ class FitConfig:
         }
         if not checked["split_gate"] < 1:
             raise ValueError(f"split_gate must be below 1 (a fraction of variance); got {self.split_gate}")
-        for name in ("normalize", "split_components", "reassign", "choose_network", "level_offsets", "envelopes"):
+        for name in ("normalize", "split_components", "reassign", "choose_network", "level_offsets", "envelopes",
+                     "blend"):
             checked[name] = _check_bool(getattr(self, name), name)
         summary = self.summary
         if isinstance(summary, (bool, np.bool_)):

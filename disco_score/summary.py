@@ -27,6 +27,7 @@ import torch
 
 from ._checks import ArrayLike, as_samples, check_int, check_positive
 from .base import Oracle, with_autograd
+from .gaussian_mixture import em
 from .whitening import Whitening, scott_factor
 
 logger = logging.getLogger(__name__)
@@ -93,58 +94,6 @@ class SummaryConfig:
         check_positive(self.lr, "lr")
         check_positive(self.log_density_weight, "log_density_weight", allow_zero=True)
         check_int(self.seed, "seed", minimum=0)
-
-
-def _kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int = 20) -> torch.Tensor:
-    """Labels (n,) of Lloyd's k-means from a k-means++ start."""
-    n = z.shape[0]
-    picks = [int(torch.randint(n, (1,), generator=gen))]
-    d2 = ((z - z[picks[0]]) ** 2).sum(1)
-    for _ in range(k - 1):
-        total = d2.sum()
-        if not total > 0:  # fewer distinct points than components
-            break
-        j = int(torch.multinomial(d2 / total, 1, generator=gen))
-        picks.append(j)
-        d2 = torch.minimum(d2, ((z - z[j]) ** 2).sum(1))
-    centres = z[picks].clone()
-    for _ in range(iters):
-        labels = torch.cdist(z, centres).argmin(1)
-        counts = torch.bincount(labels, minlength=len(picks)).clamp_min(1).to(z.dtype)
-        centres = torch.zeros_like(centres).index_add_(0, labels, z) / counts[:, None]
-    return torch.cdist(z, centres).argmin(1)
-
-
-def _em(z: torch.Tensor, k: int, steps: int, gen: torch.Generator
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Full-covariance EM from k-means labels: (counts (K,), means (K, d), covariances (K, d, d)),
-    the covariances of components with fewer than d^2 samples shrunk toward their mean variance
-    (they stay well-conditioned); components left with fewer than 2 samples are dropped."""
-    n, d = z.shape
-    resp = torch.nn.functional.one_hot(_kmeans(z, k, gen), k).to(z.dtype)
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    for step in range(steps + 1):  # M step from the responsibilities, then (but last) an E step
-        counts = resp.sum(0)
-        keep = counts >= 2
-        resp, counts = resp[:, keep], counts[keep]
-        means = resp.T @ z / counts[:, None]
-        diff = z[:, None] - means[None]  # (n, K, d)
-        weighted = (resp.T[:, :, None] * diff.transpose(0, 1))  # (K, n, d)
-        cov = weighted.transpose(1, 2) @ diff.transpose(0, 1) / counts[:, None, None]
-        # a small component shrunk toward its mean variance (2 d pseudo-samples against at least
-        # d^2 of its own: a well-populated thin component keeps its thin directions)
-        tau = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-        pseudo = 2.0 * d * (counts < d * d).to(z.dtype) + 1e-6
-        cov = (counts[:, None, None] * cov + pseudo[:, None, None] * tau[:, None, None] * eye) \
-            / (counts + pseudo)[:, None, None]
-        if step == steps:
-            return counts, means, cov
-        chol = torch.linalg.cholesky(cov)
-        sol = torch.linalg.solve_triangular(chol, diff.permute(1, 2, 0), upper=False)  # (K, d, n)
-        logits = (torch.log(counts / n) - 0.5 * (sol * sol).sum(1).T
-                  - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1))
-        resp = torch.softmax(logits, 1)
-    raise AssertionError("unreachable")
 
 
 def _mixture_terms(y: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor, factors: torch.Tensor,
@@ -358,7 +307,7 @@ def distil(teacher: Oracle, samples: ArrayLike, config: SummaryConfig | None = N
 
     def em_start(k: int) -> _Distilled:
         em_n = min(n, config.em_points, max(k, _CHUNK_ENTRIES * 4 // (k * d)))
-        counts, means, cov = _em(z[em_order[:em_n]], k, config.em_steps, gen)
+        counts, means, cov, _ = em(z[em_order[:em_n]], k, config.em_steps, gen)
         return _Distilled(counts * (n / em_n), means, cov, n, config.rank).float()
 
     sizes = component_counts(n, d, config)

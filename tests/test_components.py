@@ -38,7 +38,7 @@ def _two_components(n: int, seed: int, d: int = D, separation: float = 8.0
 
 @pytest.fixture(scope="module")
 def model() -> DiScoFormer:
-    return DiScoFormer.pretrained()
+    return DiScoFormer.pretrained(blend=False)  # steps 1-5; the blend (step 6) has its own tests
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_fit_returns_a_mixture_of_the_components(model: DiScoFormer, data) -> No
     assert abs(sizes[0] - min(int(labels.sum()), int((~labels).sum()))) <= 0.01 * x.shape[0]
     y = target.sample(500, torch.Generator().manual_seed(9)).double()
     split_mse = float(((oracle.score(y) - target.score(y)) ** 2).sum(1).mean())
-    whole = DiScoFormer.pretrained(split_components=False).fit(x)
+    whole = DiScoFormer.pretrained(split_components=False, blend=False).fit(x)
     assert isinstance(whole, DiScoFormerOracle)
     whole_mse = float(((whole.score(y) - target.score(y)) ** 2).sum(1).mean())
     assert split_mse < 0.5 * whole_mse, (split_mse, whole_mse)
@@ -132,7 +132,7 @@ def test_component_levels_are_recalibrated_on_a_gaussian_of_the_same_size(model:
     gen = torch.Generator().manual_seed(11)
     g = torch.randn(512, 100, generator=gen, dtype=torch.float64)
     y = torch.randn(1024, 100, generator=gen, dtype=torch.float64)
-    err = DiScoFormer.pretrained(split_components=False).fit(g).log_density(y) + 0.5 * (y ** 2).sum(1) + 50 * np.log(2 * np.pi)
+    err = DiScoFormer.pretrained(split_components=False, blend=False).fit(g).log_density(y) + 0.5 * (y ** 2).sum(1) + 50 * np.log(2 * np.pi)
     offset_100 = model.unimodal_level_offset(512, 100)
     assert offset_100 > 1.0 and abs(offset_100 - float(err.mean())) < 1.0
     counts = torch.tensor(sizes, dtype=torch.float64)
@@ -148,7 +148,7 @@ def test_mixture_combines_components_exactly() -> None:
     parts = [GaussianMixture(target.weights[k:k + 1] / target.weights[k], target.means[k:k + 1],
                              target.covariances[k:k + 1]) for k in range(2)]
     samples = torch.zeros(4, D, dtype=torch.float64)
-    mixture = DiScoFormerMixture(DiScoFormer.pretrained(), samples, parts, target.weights.log())
+    mixture = DiScoFormerMixture(DiScoFormer.pretrained(blend=False), samples, parts, target.weights.log())
     y = target.sample(200, torch.Generator().manual_seed(3)).double() * 1.5
     lp, sc = mixture.log_density_and_score(y)
     torch.testing.assert_close(lp, target.log_prob_t(y))
@@ -206,7 +206,7 @@ def test_envelope_score_is_the_gradient_and_smoothing_widens_it() -> None:
     narrow = [torch.randn(400, d, generator=torch.Generator().manual_seed(7 + k), dtype=torch.float64) * 0.3
               + c.means[0] for k, c in enumerate(comps)]
     env = GaussianEnvelopes.from_parts(narrow, [c.log_prob_t for c in comps])
-    mixture = DiScoFormerMixture(DiScoFormer.pretrained(), torch.cat(narrow), comps,
+    mixture = DiScoFormerMixture(DiScoFormer.pretrained(blend=False), torch.cat(narrow), comps,
                                  torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64)), env)
     y = torch.cat([c.sample(30, torch.Generator().manual_seed(9)).double() for c in comps])
     exact = torch.logsumexp(torch.stack([c.log_prob_t(y) for c in comps], 1) + mixture.log_weights, 1)
@@ -220,7 +220,7 @@ def test_envelope_score_is_the_gradient_and_smoothing_widens_it() -> None:
     torch.testing.assert_close(wide.levels - env.levels,
                                0.5 * (torch.logdet(env.covariances) - torch.logdet(env.covariances + 4.0 * eye)))
     with pytest.raises(ValueError, match="envelopes"):
-        DiScoFormerMixture(DiScoFormer.pretrained(), torch.cat(narrow), comps[:1],
+        DiScoFormerMixture(DiScoFormer.pretrained(blend=False), torch.cat(narrow), comps[:1],
                            torch.zeros(1, dtype=torch.float64), env)
 
 
@@ -261,7 +261,7 @@ def test_mixture_adapt_and_convolution_threshold(model: DiScoFormer, data) -> No
         oracle.log_weights = oracle.log_weights
     # the envelopes travel with the parts, and can be switched off
     assert adapted.envelopes is oracle.envelopes and oracle.envelopes.levels.shape == (2,)
-    plain = DiScoFormer.pretrained(envelopes=False).fit(x)
+    plain = DiScoFormer.pretrained(envelopes=False, blend=False).fit(x)
     assert plain.envelopes is None
     torch.testing.assert_close(plain.log_weights, oracle.log_weights)
 
@@ -299,13 +299,13 @@ def test_components_respect_the_minimum_size(model: DiScoFormer) -> None:
     x = torch.cat([torch.randn(c, 10, generator=gen, dtype=torch.float64) + m for c, m in zip(counts, means)])
     sizes = sorted(int(p.shape[0]) for p in model.components(x))
     assert sizes == [150 + 700, 900] or sizes == [700, 150 + 900], sizes  # 150 < 192 stays attached
-    small = DiScoFormer.pretrained(min_component_size=100)
+    small = DiScoFormer.pretrained(min_component_size=100, blend=False)
     assert sorted(int(p.shape[0]) for p in small.components(x)) == [150, 700, 900]
     target = GaussianMixture(torch.tensor(counts, dtype=torch.float64) / sum(counts), means,
                              torch.eye(10, dtype=torch.float64).expand(3, 10, 10).clone())
     y = target.sample(500, torch.Generator().manual_seed(9)).double()
     split_mse = float(((small.fit(x).score(y) - target.score(y)) ** 2).sum(1).mean())
-    whole_mse = float(((DiScoFormer.pretrained(split_components=False).fit(x).score(y) - target.score(y)) ** 2).sum(1).mean())
+    whole_mse = float(((DiScoFormer.pretrained(split_components=False, blend=False).fit(x).score(y) - target.score(y)) ** 2).sum(1).mean())
     assert split_mse < 0.85 * whole_mse, (split_mse, whole_mse)  # measured 0.24 against 0.32
     with pytest.raises(ValueError, match="min_component_size"):
         DiScoFormer.pretrained(min_component_size=1)

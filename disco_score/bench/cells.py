@@ -68,6 +68,9 @@ class Options:
     #: dimension-specific checkpoint serves
     reuse: dict[str, Any] | None = None
     rerun: str | None = None
+    #: with ``rerun``: only these rows are measured again in the cells it matches; the others are
+    #: kept from ``reuse`` with the commit they were measured at (e.g. after a change to one estimator)
+    rerun_rows: list[str] | None = None
     #: the torch device of the step suite (``cpu``, ``cuda``, ...)
     device: str = "cpu"
 
@@ -179,18 +182,21 @@ def run_cells(cells: Sequence[Cell], row_keys: Sequence[str], ctx: Context, opts
             bar.update(cell.n_targets)
             logger.info("%s: reused (measured at %s)", cell.label, done[cell.label]["measured_at"].get("commit"))
             continue
-        per_row: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
+        kept = kept_rows(opts, desc, cell.label)
+        measured = [spec for spec in specs if spec.key not in kept]
+        per_row: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in measured}
         seeds = []
         for index in range(cell.n_targets):
             problem = make_problem(cell.family, cell.d, cell.n, index, opts.seed)
             seeds.append({"target": problem.target_seed, "samples": problem.samples_seed})
-            for spec in specs:
+            for spec in measured:
                 if spec.key in cell.skip_rows:
                     per_row[spec.key].append({"status": "skipped", "error": cell.skip_reason})
                 else:
                     per_row[spec.key].append(_evaluate_row(spec, problem, ctx, measure))
             bar.update(1)
-        rows = {spec.key: _aggregate(spec, per_row[spec.key]) for spec in specs}
+        rows = {spec.key: kept[spec.key] if spec.key in kept else _aggregate(spec, per_row[spec.key])
+                for spec in specs}
         _add_ratios(rows)
         results.append({"cell": cell.label, "group": cell.group, "family": cell.family, "d": cell.d,
                         "n": cell.n, "m": N_QUERIES, "targets": cell.n_targets, "shown": list(cell.shown),
@@ -228,6 +234,22 @@ def _reused_result_cells(opts: Options, suite: str) -> dict[str, dict[str, Any]]
         done[cell["cell"]] = {**cell, "measured_at": cell.get("measured_at") or {
             "commit": meta.get("commit"), "date": meta.get("date")}}
     return done
+
+
+def kept_rows(opts: Options, suite: str, label: str) -> dict[str, dict[str, Any]]:
+    """With ``--rerun-rows``: the rows of cell ``label`` in ``--reuse`` that are not measured again, each
+    with the commit it was measured at (``measured_at``); empty otherwise."""
+    result = opts.reuse
+    if opts.rerun_rows is None or result is None or opts.rerun is None or not re.search(opts.rerun, label):
+        return {}
+    section = "sampling" if suite == "wild-sampling" else "cells"
+    meta = result.get("meta", {})
+    for cell in result.get(section, []):
+        if cell.get("cell") == label and (opts.targets is None or cell.get("targets") == opts.targets):
+            at = cell.get("measured_at") or {"commit": meta.get("commit"), "date": meta.get("date")}
+            return {key: {**row, "measured_at": row.get("measured_at") or at}
+                    for key, row in cell.get("rows", {}).items() if key not in opts.rerun_rows}
+    return {}
 
 
 def _logged_cells(opts: Options, suite: str, row_keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "rows), keeping the commit each was measured at, except those matching --rerun")
     parser.add_argument("--rerun", default=None, metavar="REGEX",
                         help="with --reuse: cells to measure again (e.g. 'd=10' after a new d = 10 checkpoint)")
+    parser.add_argument("--rerun-rows", nargs="+", default=None, metavar="KEY",
+                        help="with --rerun: measure only these rows again in those cells, keeping the others "
+                        "from --reuse with the commit they were measured at (e.g. discoformer discoformer-adapt)")
     return parser
 
 
@@ -125,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun is not None and args.reuse is None:
         parser.error("--rerun needs --reuse")
     _check_regex(parser, "--rerun", args.rerun)
+    if args.rerun_rows is not None:
+        if args.rerun is None:
+            parser.error("--rerun-rows needs --rerun (and --reuse)")
+        unknown_rows = sorted(set(args.rerun_rows) - set(known))
+        if unknown_rows:
+            parser.error(f"--rerun-rows: unknown estimator key(s) {unknown_rows}; choose from {sorted(known)}")
     old = _read_result(parser, "--compare", args.compare)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(quick=args.quick, seed=args.seed, estimators=args.estimators, only=args.only,
                    timeout=args.timeout, progress=not args.no_progress,
                    cell_log=args.out_dir / "benchmarks" / "cells.jsonl", resume=args.resume,
-                   targets=args.targets, reuse=reuse, rerun=args.rerun, device=args.device)
+                   targets=args.targets, reuse=reuse, rerun=args.rerun, rerun_rows=args.rerun_rows,
+                   device=args.device)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     if reuse is not None:
         meta = reuse.get("meta", {})

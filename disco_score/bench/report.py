@@ -72,12 +72,17 @@ def _reused_cells(result: dict[str, Any]) -> list[str]:
     commit = result.get("meta", {}).get("commit")
     earlier = [(c["cell"], c["measured_at"]) for c in result.get("cells", [])
                if isinstance(c, dict) and c.get("measured_at") and c["measured_at"].get("commit") != commit]
-    if not earlier:
-        return []
-    parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
-             for label, at in earlier]
-    return ["Cells reused from earlier runs of the same suite (`--resume` or `--reuse`), measured at another commit: "
-            + "; ".join(parts) + ".", ""]
+    rows = [(f"{c['cell']} {key}", row["measured_at"]) for c in result.get("cells", []) if isinstance(c, dict)
+            for key, row in c.get("rows", {}).items()
+            if isinstance(row, dict) and row.get("measured_at") and row["measured_at"].get("commit") != commit]
+    lines = []
+    for what, items in (("Cells", earlier), ("Rows kept by `--rerun-rows`", rows)):
+        if items:
+            parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
+                     for label, at in items]
+            lines += [f"{what} reused from earlier runs of the same suite (`--resume` or `--reuse`), measured at "
+                      "another commit: " + "; ".join(parts) + ".", ""]
+    return lines
 
 
 def _skip_limit(row: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from ..summary import SummaryConfig, distil, teacher_subset
 from ..targets import Banana, Funnel, GaussianMixture, ProductStudentT, Target
 from ..whitening import scott_factor
 from .baselines import BICGaussianMixture, SplineFlow
-from .cells import Options, _log_cell, _logged_cells
+from .cells import Options, _log_cell, _logged_cells, kept_rows
 from .problems import _error_text, derive_seed, draw
 from .registry import register_suite
 from .rows import ORACLE_KDE, Context, _short
@@ -376,13 +376,15 @@ def _run_accuracy_cells(opts: Options, ctx: Context, rows: list[str]) -> list[di
             results.append({"cell": cell.label, "protocol": cell.protocol, "name": cell.name, "n": cell.n,
                             "status": "failed", "error": _error_text(exc), "rows": {}})
             continue
-        per_row: dict[str, list[dict[str, Any]]] = {key: [] for key in rows}
+        kept = kept_rows(opts, "wild", cell.label)
+        per_row: dict[str, list[dict[str, Any]]] = {key: [] for key in rows if key not in kept}
         for problem in problems:
-            for key in rows:
+            for key in per_row:
                 per_row[key].append(evaluate_row(key, problem, ctx, opts.quick))
         result = {"cell": cell.label, "protocol": cell.protocol, "name": cell.name, "n": cell.n,
                   "d": problems[0].dim, "targets": len(problems), "status": "ok",
-                  "rows": {key: {"label": WILD_ROWS[key], **_aggregate(per_row[key])} for key in rows}}
+                  "rows": {key: kept[key] if key in kept else {"label": WILD_ROWS[key], **_aggregate(per_row[key])}
+                           for key in rows}}
         results.append(result)
         logger.info("%s: %s", cell.label, "; ".join(
             f"{r['label']} " + (", ".join(f"{v:.4g}" for k, v in r["values"].items() if "seconds" not in k)

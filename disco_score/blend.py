@@ -1,0 +1,139 @@
+"""The fit's last network stage: its score blended with a BIC-chosen Gaussian mixture's.
+
+Neither wins everywhere: on mixtures of well-separated Gaussians and on near-Gaussian posteriors the
+mixture a scikit-learn user would fit (K by BIC) beats the network; on heavy tails, funnels and
+shells the network wins by up to 100x. Their errors differ, so a blend often beats both. The blend is
+the geometric mixture ``p ∝ p_net^w p_mix^(1 - w)``, whose score is ``w s_net + (1 - w) s_mix``: its
+held-out Hyvärinen loss is quadratic in ``w``, so the cross-fitted weight has a closed form (no
+labels; in whitened coordinates, so the blend is affine-equivariant). docs/experiments.md, "Blending
+with a BIC mixture by held-out score matching".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .adaptation import heldout_score_terms
+from .base import Oracle, grid_log_integral
+from .targets import GaussianMixture
+from .whitening import Whitening
+
+logger = logging.getLogger(__name__)
+
+#: held-out points per half for the weight: all of them up to this many (256 chose worse weights on
+#: heavy tails and shells: docs/experiments.md, "Blending with a BIC mixture by held-out score matching")
+BLEND_POINTS = 1024
+#: no blend below this many samples (halves too small to rank the two)
+BLEND_MIN_N = 128
+
+
+def blend_weight(fit_network: Callable[[torch.Tensor], Any], fit_mixture: Callable[[torch.Tensor], Any],
+                 z: torch.Tensor) -> float:
+    """The network's weight ``w`` in [0, 1] minimising the cross-fitted held-out Hyvärinen loss
+    ``mean(|w s_net + (1 - w) s_mix|^2 / 2 + w div s_net + (1 - w) div s_mix)`` on whitened samples
+    ``z`` (:func:`~disco_score.adaptation.heldout_score_terms`, :data:`BLEND_POINTS` per half);
+    each ``fit_*(half)`` returns an oracle with ``score``."""
+    num = den = 0.0
+    for (s_net, div_net), (s_mix, div_mix) in heldout_score_terms([fit_network, fit_mixture], z, BLEND_POINTS):
+        diff = s_net - s_mix
+        num -= float(((diff * s_mix).sum(1) + div_net - div_mix).mean())
+        den += float((diff * diff).sum(1).mean())
+    if not den > 0 or not math.isfinite(num):
+        return 1.0
+    return min(1.0, max(0.0, num / den))
+
+
+class ScoreBlend(Oracle):
+    """``p ∝ network^weight mixture^(1 - weight)``: score ``weight s_net + (1 - weight) s_mix``.
+
+    In d <= 2 (with ``normalize``) the log-density is normalised by a 96 x 96 (d = 2) or 1024-node
+    (d = 1) trapezoid rule over the samples' range +- 4 whitened units, as DiScoFormer's own fit is;
+    above, like the network's, it is left unnormalised (the blend of two normalised densities
+    integrates to at most 1). ``smoothed`` blends the two parts' smoothed oracles with the same weight
+    (exact for each part where the part's is, an approximation for the blend).
+
+    Attributes:
+        network: the network's fit.
+        mixture: the BIC Gaussian mixture (float64).
+        weight: the network's weight in [0, 1].
+        samples: the fitted samples (the network's).
+    """
+
+    def __init__(self, network: Oracle, mixture: GaussianMixture, weight: float, whitening: Whitening,
+                 extent: torch.Tensor, normalize: bool) -> None:
+        self.network, self.mixture, self.weight = network, mixture, float(weight)
+        self.dim, self.compute_dtype, self.device = network.dim, network.compute_dtype, network.device
+        self.samples = getattr(network, "samples", None)
+        self._whitening, self._extent = whitening, extent
+        self._normalize = bool(normalize) and self.dim <= 2
+        self._log_normalizer: float | None = None if self._normalize else 0.0
+        self._freeze()
+
+    @property
+    def log_normalizer(self) -> float:
+        """log of the blend's integral over the grid (0 above d = 2 or without ``normalize``); cached."""
+        if self._log_normalizer is None:
+            whitening = self._whitening
+
+            def log_density_z(z: torch.Tensor) -> torch.Tensor:
+                x = whitening.backward(z).to(self.compute_dtype)
+                lp, _ = self._blend(x, want_score=False)
+                return lp.to(torch.float64) - whitening.log_det
+
+            object.__setattr__(self, "_log_normalizer", grid_log_integral(log_density_z, self._extent))
+        assert self._log_normalizer is not None
+        return self._log_normalizer
+
+    def _blend(self, y: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = self.weight
+        lp_net, s_net = self.network._unnormalized_log_density_and_score(y, want_score)
+        lp_mix, s_mix = self.mixture._log_density_and_score(y.to(self.mixture.compute_dtype), want_score)
+        lp = w * lp_net + (1.0 - w) * lp_mix.to(lp_net.dtype)
+        if not want_score:
+            return lp, None
+        assert s_net is not None and s_mix is not None
+        return lp, w * s_net + (1.0 - w) * s_mix.to(s_net.dtype)
+
+    def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lp, score = self._blend(y, want_score)
+        return lp - self.log_normalizer, score
+
+    def _unnormalized_log_density_and_score(self, y: torch.Tensor, want_score: bool = True
+                                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._blend(y, want_score)
+
+    def score(self, x: Any) -> Any:
+        """Score at ``x`` (m, d) -> (m, d); skips the log-density normaliser (a constant)."""
+        q = self._queries(x)
+        with torch.no_grad():
+            _, score = self._blend(q.points, want_score=True)
+        assert score is not None
+        return q.restore(score)
+
+    def _with_network(self, network: Oracle) -> "ScoreBlend":
+        return ScoreBlend(network, self.mixture, self.weight, self._whitening, self._extent, self._normalize)
+
+    def _smoothed(self, sigma: float) -> "ScoreBlend":
+        return ScoreBlend(self.network.smoothed(sigma), self.mixture.smoothed(sigma), self.weight,
+                          self._whitening, self._extent, self._normalize)
+
+    def adapt(self, *args: Any, **kwargs: Any) -> "ScoreBlend":
+        """The network part adapted (its ``adapt``, same arguments); the mixture and weight kept."""
+        return self._with_network(self.network.adapt(*args, **kwargs))  # type: ignore[attr-defined]
+
+    def with_convolution_threshold(self, threshold: float) -> "ScoreBlend":
+        """The network part's ``with_convolution_threshold``; the mixture's convolution is exact."""
+        return self._with_network(self.network.with_convolution_threshold(threshold))  # type: ignore[attr-defined]
+
+    def with_default_convolution_threshold(self, threshold: float) -> "ScoreBlend":
+        return self._with_network(self.network.with_default_convolution_threshold(threshold))
+
+    def __repr__(self) -> str:
+        return (f"ScoreBlend(weight={self.weight:.3g}, network={self.network!r}, "
+                f"mixture components={self.mixture.weights.shape[-1]})")
