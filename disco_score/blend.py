@@ -59,20 +59,28 @@ class ScoreBlend(Oracle):
 
     Attributes:
         network: the network's fit.
-        mixture: the BIC Gaussian mixture (float64).
+        whitened_mixture: the BIC Gaussian mixture (float64) in the samples' whitened coordinates
+            (``mixture``: the same in theirs).
         weight: the network's weight in [0, 1].
         samples: the fitted samples (the network's).
     """
 
-    def __init__(self, network: Oracle, mixture: GaussianMixture, weight: float, whitening: Whitening,
+    def __init__(self, network: Oracle, whitened_mixture: GaussianMixture, weight: float, whitening: Whitening,
                  extent: torch.Tensor, normalize: bool) -> None:
-        self.network, self.mixture, self.weight = network, mixture, float(weight)
+        self.network, self.whitened_mixture, self.weight = network, whitened_mixture, float(weight)
         self.dim, self.compute_dtype, self.device = network.dim, network.compute_dtype, network.device
         self.samples = getattr(network, "samples", None)
         self._whitening, self._extent = whitening, extent
         self._normalize = bool(normalize) and self.dim <= 2
         self._log_normalizer: float | None = None if self._normalize else 0.0
         self._freeze()
+
+    @property
+    def mixture(self) -> GaussianMixture:
+        """The mixture in the samples' coordinates (built on request; for samples near 1e200 its
+        covariances overflow, while the blend itself evaluates it in whitened coordinates)."""
+        w, inverse = self.whitened_mixture, self._whitening.inverse
+        return GaussianMixture(w.weights, self._whitening.backward(w.means), inverse @ w.covariances @ inverse)
 
     @property
     def log_normalizer(self) -> float:
@@ -90,14 +98,14 @@ class ScoreBlend(Oracle):
         return self._log_normalizer
 
     def _blend(self, y: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = self.weight
+        w, whitening = self.weight, self._whitening
         lp_net, s_net = self.network._unnormalized_log_density_and_score(y, want_score)
-        lp_mix, s_mix = self.mixture._log_density_and_score(y.to(self.mixture.compute_dtype), want_score)
-        lp = w * lp_net + (1.0 - w) * lp_mix.to(lp_net.dtype)
+        lp_z, s_z = self.whitened_mixture._log_density_and_score(whitening.forward(y.to(torch.float64)), want_score)
+        lp = w * lp_net + (1.0 - w) * whitening.log_density_out(lp_z).to(lp_net.dtype)
         if not want_score:
             return lp, None
-        assert s_net is not None and s_mix is not None
-        return lp, w * s_net + (1.0 - w) * s_mix.to(s_net.dtype)
+        assert s_net is not None and s_z is not None
+        return lp, w * s_net + (1.0 - w) * whitening.score_out(s_z).to(s_net.dtype)
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -117,11 +125,15 @@ class ScoreBlend(Oracle):
         return q.restore(score)
 
     def _with_network(self, network: Oracle) -> "ScoreBlend":
-        return ScoreBlend(network, self.mixture, self.weight, self._whitening, self._extent, self._normalize)
+        return ScoreBlend(network, self.whitened_mixture, self.weight, self._whitening, self._extent, self._normalize)
 
     def _smoothed(self, sigma: float) -> "ScoreBlend":
-        return ScoreBlend(self.network.smoothed(sigma), self.mixture.smoothed(sigma), self.weight,
-                          self._whitening, self._extent, self._normalize)
+        # N(0, sigma^2 I) in x is N(0, (sigma W)(sigma W)^T) in whitened coordinates (W symmetric)
+        network = self.network.smoothed(sigma)  # first: it names a sigma out of range
+        noise = sigma * self._whitening.matrix
+        mix = self.whitened_mixture
+        smoothed_mixture = GaussianMixture(mix.weights, mix.means, mix.covariances + noise @ noise)
+        return ScoreBlend(network, smoothed_mixture, self.weight, self._whitening, self._extent, self._normalize)
 
     def adapt(self, *args: Any, **kwargs: Any) -> "ScoreBlend":
         """The network part adapted (its ``adapt``, same arguments); the mixture and weight kept."""
@@ -132,8 +144,9 @@ class ScoreBlend(Oracle):
         return self._with_network(self.network.with_convolution_threshold(threshold))  # type: ignore[attr-defined]
 
     def with_default_convolution_threshold(self, threshold: float) -> "ScoreBlend":
-        return self._with_network(self.network.with_default_convolution_threshold(threshold))
+        network = self.network.with_default_convolution_threshold(threshold)
+        return self if network is self.network else self._with_network(network)
 
     def __repr__(self) -> str:
         return (f"ScoreBlend(weight={self.weight:.3g}, network={self.network!r}, "
-                f"mixture components={self.mixture.weights.shape[-1]})")
+                f"mixture components={self.whitened_mixture.weights.shape[-1]})")

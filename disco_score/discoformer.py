@@ -271,8 +271,8 @@ class DiScoFormer(Estimator):
             return fit
         whitening = Whitening.from_samples(x)
         z = whitening.forward(x.to(torch.float64))
-        mixture = bic_mixture(x)  # the halves' mixtures take its size: one BIC search, not three
-        size = [int(mixture.weights.shape[-1])]
+        mixture = bic_mixture(z)  # in whitened coordinates, whatever the data's scale
+        size = [int(mixture.weights.shape[-1])]  # the halves' mixtures take its size: one BIC search, not three
         weight = blend_weight(self._fit_network, functools.partial(bic_mixture, sizes=size), z)
         logger.info("blend at n=%d, d=%d: the network's weight %.3g (mixture of %d)", *x.shape, weight, size[0])
         if weight >= 1.0:

@@ -328,6 +328,29 @@ def test_reuse_takes_a_committed_result_except_the_rerun_cells(tmp_path: Path,
         cli.main([*args, "--rerun", "d=10"])  # --rerun without --reuse
 
 
+def test_rerun_rows_measures_only_those_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["accuracy", "--quick", "--estimators", "kde-scott", "kde-oracle", "--no-progress", "--only", "P1 d=2"]
+    assert cli.main([*args, "--out-dir", str(tmp_path / "old")]) == 0
+    old_path = tmp_path / "old" / "benchmarks" / "accuracy.json"
+    old_cell = json.loads(old_path.read_text())["cells"][0]
+    measured = []
+    real = bench_cells._evaluate_row
+    monkeypatch.setattr(bench_cells, "_evaluate_row", lambda spec, *a, **k: measured.append(spec.key) or real(spec, *a, **k))
+    _move_to_commit(monkeypatch, "later0")
+    new_dir = tmp_path / "new"
+    assert cli.main([*args, "--out-dir", str(new_dir), "--reuse", str(old_path), "--rerun", "P1",
+                     "--rerun-rows", "kde-scott"]) == 0
+    cell = json.loads((new_dir / "benchmarks" / "accuracy.json").read_text())["cells"][0]
+    assert set(measured) == {"kde-scott"} and "measured_at" not in cell
+    kept = cell["rows"]["kde-oracle"]
+    assert kept["measured_at"]["commit"] != "later0"
+    assert {k: v for k, v in kept.items() if k != "measured_at"} == old_cell["rows"]["kde-oracle"]
+    assert "measured_at" not in cell["rows"]["kde-scott"]
+    assert "Rows kept by `--rerun-rows`" in (new_dir / "BENCHMARKS.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--rerun-rows", "kde-scott"])  # --rerun-rows without --rerun
+
+
 def test_row_above_its_size_limit_is_recorded_as_skipped(tmp_path: Path) -> None:
     spec = bench_rows.ESTIMATORS["sdkde-discoformer"]
     assert spec.max_n is not None

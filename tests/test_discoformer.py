@@ -28,7 +28,7 @@ TINY = {"width": 16, "heads": 2, "head_dim": 4, "sample_layers": 1, "query_layer
 
 @pytest.fixture(scope="module")
 def model() -> DiScoFormer:
-    return DiScoFormer.pretrained()
+    return DiScoFormer.pretrained(blend=False)  # the network's own fit; the blend (step 6): test_blend.py
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_smoothed_switches_to_the_exact_convolution_at_the_threshold(model: DiSc
     x = random_gmm(3, generator=gen).sample(500, gen)
     y = x[:50] + 0.1
     scott = math.sqrt(float(x.var(0).sum()) / 3) * 500 ** (-1 / 7)
-    oracle = DiScoFormer(model.net, normalize=False, convolution_threshold=threshold).fit(x)
+    oracle = DiScoFormer(model.net, normalize=False, convolution_threshold=threshold, blend=False).fit(x)
     switch = 1.5 if threshold is None else threshold
     for o, at in ((oracle, switch), (oracle.with_convolution_threshold(0.7), 0.7)):
         above, below = 1.01 * at * scott, 0.99 * at * scott

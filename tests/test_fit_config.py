@@ -15,7 +15,7 @@ from disco_score.fit_stages import MIN_COMPONENT_SIZE, SPLIT_MIN_DIM
 
 @pytest.fixture(scope="module")
 def model() -> DiScoFormer:
-    return DiScoFormer.pretrained()
+    return DiScoFormer.pretrained(blend=False)  # steps 1-5; the blend (step 6): test_blend.py
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_bad_values_raise_naming_the_field(field: str, value: object, error: typ
 
 def test_defaults_overrides_and_replace(model: DiScoFormer) -> None:
     cfg = model.config
-    assert cfg == FitConfig() and cfg.split_min_dim == SPLIT_MIN_DIM and cfg.min_component_size == MIN_COMPONENT_SIZE
+    assert DiScoFormer.pretrained().config == FitConfig() and FitConfig().blend
+    assert cfg == FitConfig(blend=False) and cfg.split_min_dim == SPLIT_MIN_DIM and cfg.min_component_size == MIN_COMPONENT_SIZE
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.envelopes = False  # type: ignore[misc]
     est = DiScoFormer(model.net, specialists=model.specialists, config=dataclasses.replace(cfg, reassign=False),

@@ -170,10 +170,12 @@ def test_every_oracle_takes_a_default_convolution_threshold():
     x = np.random.default_rng(0).normal(size=(200, 2))
     kde = KDE().fit(x)
     assert kde.with_default_convolution_threshold(0.4) is kde  # no switch: unchanged
-    fit = DiScoFormer.pretrained().fit(x)
-    assert fit.with_default_convolution_threshold(0.4)._convolution_threshold == 0.4
-    fixed = DiScoFormer.pretrained(convolution_threshold=2.0).fit(x)
-    assert fixed.with_default_convolution_threshold(0.4) is fixed  # the user's choice stands
+    for blend in (False, True):
+        fit = DiScoFormer.pretrained(blend=blend).fit(x)
+        moved = fit.with_default_convolution_threshold(0.4)
+        assert getattr(moved, "network", moved)._convolution_threshold == 0.4  # a ScoreBlend's: its network part's
+        fixed = DiScoFormer.pretrained(convolution_threshold=2.0, blend=blend).fit(x)
+        assert fixed.with_default_convolution_threshold(0.4) is fixed  # the user's choice stands
 
 
 def test_stored_configs_map_to_their_architectures():

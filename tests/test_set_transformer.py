@@ -60,7 +60,7 @@ def test_canonical_frame_rotates_with_the_data() -> None:
 def test_specialist_oracle_is_exactly_affine_equivariant(mixture) -> None:
     x, y = mixture
     general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
-    estimator = DiScoFormer(general, specialists=[Specialist(_random_specialist())])
+    estimator = DiScoFormer(general, specialists=[Specialist(_random_specialist())], blend=False)
     a = _orth(D, 2) * torch.tensor([0.5, 2.0, 3.0, 0.1, 7.0], dtype=torch.float64)  # rotation and scales
     b = torch.arange(D, dtype=torch.float64)
     lp, sc = estimator.fit(x).log_density_and_score(y)
@@ -79,7 +79,7 @@ def test_sets_above_the_bag_size_are_fitted_as_an_average_of_interleaved_subsets
     x, y = mixture  # n = 400
     general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
     specialist = _random_specialist()
-    bagged = DiScoFormer(general, specialists=[Specialist(specialist, bag_size=120)])
+    bagged = DiScoFormer(general, specialists=[Specialist(specialist, bag_size=120)], blend=False)
     assert isinstance(bagged.fit(x[:120]), DiScoFormerOracle)  # up to bag_size: one fit
     assert len(bagged.fit(x[:121]).components) == 2
     oracle = bagged.fit(x)
@@ -124,7 +124,7 @@ def test_selection_by_dimension_and_sample_size(mixture) -> None:
     x, _ = mixture
     general = DiScoFormerNet(ModelConfig(**GENERAL)).eval()
     specialist = _random_specialist()
-    estimator = DiScoFormer(general, specialists=[Specialist(specialist, max_n=300)])
+    estimator = DiScoFormer(general, specialists=[Specialist(specialist, max_n=300)], blend=False)
     assert estimator.net_for(300, D) is specialist
     assert estimator.net_for(301, D) is general  # above its max_n the general net serves
     assert estimator.net_for(100, 3) is general
@@ -189,7 +189,7 @@ def test_adapt_on_a_specialist_moves_only_its_head_biases(mixture) -> None:
     x, y = mixture
     specialist = _random_specialist()
     before = {k: v.clone() for k, v in specialist.state_dict().items()}
-    estimator = DiScoFormer(DiScoFormerNet(ModelConfig(**GENERAL)).eval(), specialists=[Specialist(specialist)])
+    estimator = DiScoFormer(DiScoFormerNet(ModelConfig(**GENERAL)).eval(), specialists=[Specialist(specialist)], blend=False)
     oracle = estimator.fit(x)
     adapted = oracle.adapt(steps=2, lr=1e-2)
     assert not torch.equal(adapted.score(y), oracle.score(y))
