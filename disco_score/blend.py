@@ -5,7 +5,10 @@ mixture a scikit-learn user would fit (K by BIC) beats the network; on heavy tai
 shells the network wins by up to 100x. Their errors differ, so a blend often beats both. The blend is
 the geometric mixture ``p ∝ p_net^w p_mix^(1 - w)``, whose score is ``w s_net + (1 - w) s_mix``: its
 held-out Hyvärinen loss is quadratic in ``w``, so the cross-fitted weight has a closed form (no
-labels; in whitened coordinates, so the blend is affine-equivariant). docs/experiments.md, "Blending
+labels; in whitened coordinates, so the blend is affine-equivariant). Far in the mixture's tail,
+where its density is many nats below the network's, the blend hands over to the network, so a
+Gaussian tail never cuts a heavy one short (the weight is fitted without that hand-over, which
+held-out samples seldom reach). docs/experiments.md, "Blending
 with a BIC mixture by held-out score matching".
 """
 
@@ -30,6 +33,12 @@ logger = logging.getLogger(__name__)
 BLEND_POINTS = 1024
 #: no blend below this many samples (halves too small to rank the two)
 BLEND_MIN_N = 128
+#: far in the mixture's tail the blend hands over to the network: the mixture's weight is scaled by
+#: sigmoid((log p_mix - log p_net + TAIL_MARGIN) / TAIL_WIDTH), so Gaussian tails do not cut a heavy
+#: tail short (P3 Student-t log-density MSE 0.17 -> 1.3 at n = 128 without it; docs/experiments.md,
+#: "Blending with a BIC mixture by held-out score matching")
+TAIL_MARGIN = 4.0
+TAIL_WIDTH = 1.0
 
 
 def blend_weight(fit_network: Callable[[torch.Tensor], Any], fit_mixture: Callable[[torch.Tensor], Any],
@@ -49,7 +58,11 @@ def blend_weight(fit_network: Callable[[torch.Tensor], Any], fit_mixture: Callab
 
 
 class ScoreBlend(Oracle):
-    """``p ∝ network^weight mixture^(1 - weight)``: score ``weight s_net + (1 - weight) s_mix``.
+    """``log p = log p_net + v(x) (log p_mix - log p_net)`` up to a constant, the mixture's local weight
+    ``v = (1 - weight) sigmoid((log p_mix - log p_net + TAIL_MARGIN) / TAIL_WIDTH)``: the geometric blend
+    ``p_net^weight p_mix^(1 - weight)`` wherever the two densities are within a few nats (score
+    ``weight s_net + (1 - weight) s_mix``), the network alone far in the mixture's tail. The score is
+    the exact gradient of that log-density given the parts' scores.
 
     In d <= 2 (with ``normalize``) the log-density is normalised by a 96 x 96 (d = 2) or 1024-node
     (d = 1) trapezoid rule over the samples' range +- 4 whitened units, as DiScoFormer's own fit is;
@@ -98,14 +111,20 @@ class ScoreBlend(Oracle):
         return self._log_normalizer
 
     def _blend(self, y: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w, whitening = self.weight, self._whitening
+        whitening = self._whitening
         lp_net, s_net = self.network._unnormalized_log_density_and_score(y, want_score)
         lp_z, s_z = self.whitened_mixture._log_density_and_score(whitening.forward(y.to(torch.float64)), want_score)
-        lp = w * lp_net + (1.0 - w) * whitening.log_density_out(lp_z).to(lp_net.dtype)
+        # log p_mix - log p_net; below -1e4 the gate is exactly 0 (and an underflowed -inf stays finite)
+        gap = (whitening.log_density_out(lp_z).to(lp_net.dtype) - lp_net).clamp_min(-1e4)
+        gate = torch.sigmoid((gap + TAIL_MARGIN) / TAIL_WIDTH)
+        local = (1.0 - self.weight) * gate  # the mixture's weight here
+        lp = lp_net + local * gap
         if not want_score:
             return lp, None
         assert s_net is not None and s_z is not None
-        return lp, w * s_net + (1.0 - w) * whitening.score_out(s_z).to(s_net.dtype)
+        # d lp = d log p_net + local * d gap + gap * d local, d local = local (1 - gate) d gap / TAIL_WIDTH
+        slope = local * (1.0 + gap * (1.0 - gate) / TAIL_WIDTH)
+        return lp, s_net + slope[:, None] * (whitening.score_out(s_z).to(s_net.dtype) - s_net)
 
     def _log_density_and_score(self, y: torch.Tensor, want_score: bool = True
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
