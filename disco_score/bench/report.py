@@ -72,16 +72,26 @@ def _reused_cells(result: dict[str, Any]) -> list[str]:
     commit = result.get("meta", {}).get("commit")
     earlier = [(c["cell"], c["measured_at"]) for c in result.get("cells", [])
                if isinstance(c, dict) and c.get("measured_at") and c["measured_at"].get("commit") != commit]
-    rows = [(f"{c['cell']} {key}", row["measured_at"]) for c in result.get("cells", []) if isinstance(c, dict)
-            for key, row in c.get("rows", {}).items()
-            if isinstance(row, dict) and row.get("measured_at") and row["measured_at"].get("commit") != commit]
+    kept: dict[tuple[Any, Any], tuple[set[str], list[str]]] = {}  # (commit, date) -> (row keys, cells)
+    for c in result.get("cells", []):
+        for key, row in (c.get("rows", {}) if isinstance(c, dict) else {}).items():
+            at = row.get("measured_at") if isinstance(row, dict) else None
+            if at and at.get("commit") != commit:
+                keys, labels = kept.setdefault((at.get("commit"), at.get("date")), (set(), []))
+                keys.add(key)
+                if c["cell"] not in labels:
+                    labels.append(c["cell"])
     lines = []
-    for what, items in (("Cells", earlier), ("Rows kept by `--rerun-rows`", rows)):
-        if items:
-            parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
-                     for label, at in items]
-            lines += [f"{what} reused from earlier runs of the same suite (`--resume` or `--reuse`), measured at "
-                      "another commit: " + "; ".join(parts) + ".", ""]
+    if earlier:
+        parts = [f"{label} (commit `{at.get('commit')}`" + (f", {at['date']})" if at.get("date") else ")")
+                 for label, at in earlier]
+        lines += ["Cells reused from earlier runs of the same suite (`--resume` or `--reuse`), measured at another "
+                  "commit: " + "; ".join(parts) + ".", ""]
+    if kept:
+        parts = [f"{', '.join(sorted(keys))} in {', '.join(labels)} (commit `{at_commit}`"
+                 + (f", {at_date})" if at_date else ")") for (at_commit, at_date), (keys, labels) in kept.items()]
+        lines += ["Rows kept by `--rerun-rows` from the reused result, measured at another commit: "
+                  + "; ".join(parts) + ".", ""]
     return lines
 
 
