@@ -72,13 +72,14 @@ def _reused_cells(result: dict[str, Any]) -> list[str]:
     commit = result.get("meta", {}).get("commit")
     earlier = [(c["cell"], c["measured_at"]) for c in result.get("cells", [])
                if isinstance(c, dict) and c.get("measured_at") and c["measured_at"].get("commit") != commit]
-    kept: dict[tuple[Any, Any], tuple[set[str], list[str]]] = {}  # (commit, date) -> (row keys, cells)
+    kept: dict[Any, tuple[set[str], list[str], set[str]]] = {}  # commit -> (row keys, cells, dates)
     for c in result.get("cells", []):
         for key, row in (c.get("rows", {}) if isinstance(c, dict) else {}).items():
             at = row.get("measured_at") if isinstance(row, dict) else None
             if at and at.get("commit") != commit:
-                keys, labels = kept.setdefault((at.get("commit"), at.get("date")), (set(), []))
+                keys, labels, dates = kept.setdefault(at.get("commit"), (set(), [], set()))
                 keys.add(key)
+                dates.update([at["date"]] if at.get("date") else [])
                 if c["cell"] not in labels:
                     labels.append(c["cell"])
     lines = []
@@ -89,7 +90,8 @@ def _reused_cells(result: dict[str, Any]) -> list[str]:
                   "commit: " + "; ".join(parts) + ".", ""]
     if kept:
         parts = [f"{', '.join(sorted(keys))} in {', '.join(labels)} (commit `{at_commit}`"
-                 + (f", {at_date})" if at_date else ")") for (at_commit, at_date), (keys, labels) in kept.items()]
+                 + (f", {min(dates)} … {max(dates)})" if dates else ")")
+                 for at_commit, (keys, labels, dates) in kept.items()]
         lines += ["Rows kept by `--rerun-rows` from the reused result, measured at another commit: "
                   + "; ".join(parts) + ".", ""]
     return lines
