@@ -89,8 +89,8 @@ class Oracle(abc.ABC):
     def score(self, x: ArrayLike) -> Any:
         """Score ``grad_x log p(x)`` (1 / units of x): (m, d) -> (m, d); (d,) -> (d,)."""
         q = self._queries(x)
-        with torch.no_grad():
-            _, value = self._log_density_and_score(q.points, want_score=True)
+        with torch.no_grad():  # the score does not depend on the log-density's constant
+            _, value = self._unnormalized_log_density_and_score(q.points, want_score=True)
         assert value is not None
         return q.restore(value)
 

@@ -135,14 +135,6 @@ class ScoreBlend(Oracle):
                                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._blend(y, want_score)
 
-    def score(self, x: Any) -> Any:
-        """Score at ``x`` (m, d) -> (m, d); skips the log-density normaliser (a constant)."""
-        q = self._queries(x)
-        with torch.no_grad():
-            _, score = self._blend(q.points, want_score=True)
-        assert score is not None
-        return q.restore(score)
-
     def _with_network(self, network: Oracle) -> "ScoreBlend":
         return ScoreBlend(network, self.whitened_mixture, self.weight, self._whitening, self._extent, self._normalize)
 
